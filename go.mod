@@ -1,0 +1,3 @@
+module github.com/buildbridge/buildbridge
+
+go 1.26.8
