@@ -1,0 +1,34 @@
+# buildbridge — `make run` starts the hub, `make test` runs every test.
+GO      ?= go
+BIN     := bin/buildbridge
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+DATA    ?= ./data
+
+.PHONY: run build test test-go test-node lint bench fuzz clean
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/buildbridge
+
+run: build
+	$(BIN) serve --data $(DATA)
+
+# Every test: formatting and vet, the Go suites with the race detector
+# (PostgreSQL and NATS ones when those answer; scripts/services.sh starts
+# them if they are installed but down), the fuzz seed corpora, and the
+# example rules file.
+test: lint build
+	@eval "$$(bash scripts/services.sh)"; \
+	  echo "postgres: $${BUILDBRIDGE_TEST_POSTGRES:-not available}; nats: $${BUILDBRIDGE_TEST_NATS:-not available}"; \
+	  $(GO) test -race -count=1 -timeout 12m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Benchmarks and load tools; figures go to bench/README.md.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin
