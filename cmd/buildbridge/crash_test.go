@@ -119,7 +119,6 @@ func TestCrashRecovery(t *testing.T) {
 	t.Logf("%d builds, %d transitions, %d event deliveries (%d distinct) over 4 SIGKILLs", triggered, committed, len(logs.all()), len(byID))
 }
 
-
 // waitOutboxDrained waits until the events seen cover every committed
 // transition, so the final clean stop is not racing the relay.
 func waitOutboxDrained(t *testing.T, data string, logs *eventLog) {
