@@ -266,7 +266,7 @@ func TestEmbeddedRedeliveryAfterRestart(t *testing.T) {
 	if err := sub.Close(); err != nil {
 		t.Fatalf("subscriber Close: %v", err)
 	}
-	info, err := b.js.Consumer(t.Context(), b.Stream("build.transition"), "restart")
+	info, err := b.js.PushConsumer(t.Context(), b.Stream("build.transition"), "restart")
 	if err != nil {
 		t.Fatalf("durable consumer gone after subscriber Close: %v", err)
 	}
