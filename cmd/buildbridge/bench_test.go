@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
-	"testing"
 	"syscall"
+	"testing"
 	"time"
 )
 
