@@ -88,8 +88,9 @@ type API struct {
 	engine *gin.Engine
 	// Group is the authenticated /api/v1 route group; other packages add
 	// their routes to it.
-	Group   *gin.RouterGroup
-	latency *prometheus.HistogramVec
+	Group    *gin.RouterGroup
+	latency  *prometheus.HistogramVec
+	channels *ChannelConfig
 }
 
 func init() { gin.SetMode(gin.ReleaseMode) }
