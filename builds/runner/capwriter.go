@@ -12,10 +12,10 @@ import (
 // saying how much was left out. A build log keeps its beginning live and its
 // end, where failures usually are, whatever the build prints.
 //
-// CapWriter is safe for concurrent use. Write fails only after Close: an error of the
-// underlying writer is kept, reported by Err and Close, and later bytes are
-// counted but dropped, so that a step writing into it is never blocked by a
-// broken log store.
+// CapWriter is safe for concurrent use. Write fails only after Close: an
+// error of the underlying writer is kept, reported by Err and Close, and
+// later bytes are counted but dropped, so that a step writing into it is
+// never blocked by a broken log store.
 type CapWriter struct {
 	mu      sync.Mutex
 	w       io.Writer

@@ -15,16 +15,7 @@ import (
 // IsSHA reports whether s is a full commit id: 40 (SHA-1) or 64 (SHA-256)
 // lowercase hexadecimal digits.
 func IsSHA(s string) bool {
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for i := range len(s) {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
+	return (len(s) == 40 || len(s) == 64) && isHex(s)
 }
 
 // checkRepo refuses a repository that git could read as an option or that

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -255,28 +256,31 @@ func (b *build) run(ctx context.Context) (out Outcome, err error) {
 func (b *build) checkout(ctx context.Context, src string, timeout time.Duration) (Outcome, bool) {
 	sha := b.spec.SHA
 	ref := ""
-	if b.spec.Ref != "" {
-		ref = " (" + b.spec.Ref + ")"
+	if r := b.spec.Ref; r != "" {
+		// Quoted if need be: a ref must not forge lines of the log.
+		if strings.ContainsFunc(r, isControl) {
+			r = strconv.Quote(r)
+		}
+		ref = " (" + r + ")"
 	}
 	b.logf("==> checkout %s%s\n", sha, ref)
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tail := &teeTail{w: b.log}
-	gitRun := func(dir string, args ...string) error {
+	gitRun := func(dir string, out io.Writer, args ...string) error {
 		cmd := exec.CommandContext(cctx, b.r.cfg.GitPath, gitArgs(args...)...)
 		cmd.Dir = dir
 		cmd.Env = gitEnv()
-		return b.r.runGroup(cctx, cmd, tail)
+		return b.r.runGroup(cctx, cmd, out)
 	}
-	err := gitRun("", "clone", "--no-checkout", "--quiet", "--", b.spec.Repo, src)
-	if err == nil && gitRun(src, "cat-file", "-e", sha+"^{commit}") != nil {
+	err := gitRun("", tail, "clone", "--no-checkout", "--quiet", "--", b.spec.Repo, src)
+	if err == nil && gitRun(src, io.Discard, "cat-file", "-e", sha+"^{commit}") != nil {
 		// Not reachable from the branches and tags clone fetched (a pull
 		// request head, say): ask for the commit itself.
-		tail.tail = nil
-		err = gitRun(src, "fetch", "--quiet", "origin", sha)
+		err = gitRun(src, tail, "fetch", "--quiet", "origin", sha)
 	}
 	if err == nil {
-		err = gitRun(src, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha)
+		err = gitRun(src, tail, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha)
 	}
 	switch {
 	case err == nil:
@@ -286,7 +290,7 @@ func (b *build) checkout(ctx context.Context, src string, timeout time.Duration)
 	case cctx.Err() != nil:
 		return errored(fmt.Sprintf("checkout of %s timed out after %s", shortSHA(sha), formatDuration(timeout))), true
 	}
-	msg := lastLine(string(tail.tail))
+	msg := strings.TrimPrefix(lastLine(string(tail.tail)), "fatal: ")
 	if msg == "" {
 		msg = err.Error()
 	}

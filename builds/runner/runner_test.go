@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -526,5 +528,70 @@ func TestFormatDuration(t *testing.T) {
 		if got := formatDuration(d); got != want {
 			t.Errorf("formatDuration(%s) = %s, want %s", d, got, want)
 		}
+	}
+}
+
+// A process that leaves the step's group (setsid) and keeps the log pipe
+// open cannot hold the build: Run returns about KillGrace after the step.
+func TestRunEscapedProcessDoesNotHold(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("setsid"); err != nil {
+		t.Skip("setsid(1) is not installed")
+	}
+	repo, sha := newRepo(t, map[string]string{"README": "x"})
+	r := newTestRunner(t, nil)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	start := time.Now()
+	out, log := runBuild(t.Context(), t, r, Spec{BuildID: 10, Repo: repo.bare, SHA: sha,
+		Steps: steps("escape", `setsid sleep 30 & echo $! > "$BUILDBRIDGE_TEST_PIDFILE"; echo escaped`),
+		Env:   map[string]string{"BUILDBRIDGE_TEST_PIDFILE": pidfile}})
+	elapsed := time.Since(start)
+	pid, err := strconv.Atoi(waitFile(t, pidfile, time.Second))
+	if err == nil {
+		syscall.Kill(pid, syscall.SIGKILL) // the runner cannot reach it; the test cleans up
+	}
+	if out.Result != builds.Passed || !strings.Contains(log, "escaped\n") {
+		t.Errorf("got %s %q\n%s", out.Result, out.Reason, log)
+	}
+	if elapsed > 4*time.Second {
+		t.Errorf("Run took %s with an escaped process holding the log pipe", elapsed)
+	}
+}
+
+// What a step leaves running in the background is ended with the step.
+func TestRunEndsLeftoverProcesses(t *testing.T) {
+	t.Parallel()
+	repo, sha := newRepo(t, map[string]string{"README": "x"})
+	r := newTestRunner(t, nil)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	out, log := runBuild(t.Context(), t, r, Spec{BuildID: 11, Repo: repo.bare, SHA: sha,
+		Steps: steps("daemon", `sleep 30 >/dev/null 2>&1 & echo $! > "$BUILDBRIDGE_TEST_PIDFILE"`),
+		Env:   map[string]string{"BUILDBRIDGE_TEST_PIDFILE": pidfile}})
+	if out.Result != builds.Passed {
+		t.Fatalf("got %s %q\n%s", out.Result, out.Reason, log)
+	}
+	pid, err := strconv.Atoi(waitFile(t, pidfile, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Errorf("background process %d outlived its step", pid)
+	}
+}
+
+// A log writer that fails is the runner's error; the build still runs to
+// its outcome.
+func TestRunLogWriterFails(t *testing.T) {
+	t.Parallel()
+	repo, sha := newRepo(t, map[string]string{"README": "x"})
+	r := newTestRunner(t, nil)
+	out, err := r.Run(t.Context(), Spec{BuildID: 12, Repo: repo.bare, SHA: sha,
+		Steps: steps("a", "echo one", "b", "echo two")}, &failingWriter{n: 1})
+	if err == nil || !strings.Contains(err.Error(), "writing the log: store is down") {
+		t.Errorf("err = %v", err)
+	}
+	if out.Result != builds.Passed || len(out.Steps) != 2 {
+		t.Errorf("outcome %+v", out)
 	}
 }
