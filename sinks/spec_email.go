@@ -1,0 +1,116 @@
+package sinks
+
+import (
+	"fmt"
+	"net/mail"
+	"sort"
+	"strings"
+)
+
+// Email is the specification of the email type: mail sent over SMTP, with
+// a text body and, by default, an HTML alternative.
+var Email = Type{
+	Name:        "email",
+	Doc:         "email over SMTP (text body with an HTML alternative)",
+	ContentType: "text/plain; charset=utf-8",
+	Settings: []Setting{
+		{Name: "host", Kind: KindString, Required: true, Doc: "SMTP server host"},
+		{Name: "port", Kind: KindInt, Default: "587", Doc: "SMTP server port"},
+		{Name: "tls", Kind: KindEnum, Enum: []string{"starttls", "tls", "none"}, Default: "starttls",
+			Doc: "starttls (port 587), tls (implicit TLS, port 465) or none"},
+		{Name: "username", Kind: KindString, Doc: "SMTP user name"},
+		{Name: "password", Kind: KindSecret, Doc: "SMTP password"},
+		{Name: "from", Kind: KindString, Required: true, Doc: "sender address, e.g. buildbridge <ci@example.com>"},
+		{Name: "to", Kind: KindTemplateList, Role: RoleParam, Override: true,
+			Doc: "recipient addresses (templates, e.g. {{.Build.AuthorEmail}})"},
+		{Name: "subject", Kind: KindTemplate, Role: RoleSubject, Override: true, Default: EmailSubject, Doc: "subject (a template)"},
+		{Name: "template", Kind: KindTemplate, Role: RoleBody, Override: true, Default: EmailText, Doc: "text body (a template)"},
+		{Name: "html", Kind: KindHTMLTemplate, Role: RoleParam, Override: true, Default: EmailHTML,
+			Doc: "HTML body (an html/template); empty string: text only"},
+	},
+	Check:  checkEmail,
+	Target: emailTarget,
+}
+
+// Default email templates.
+const (
+	EmailSubject = `{{if .Build}}[{{with .Project}}{{.Name}}{{end}}] Build #{{.Build.Number}} {{.Build.Status}} on {{.Build.Branch}}{{else}}[buildbridge] {{.Event.Type}}{{end}}`
+	EmailText    = `{{if .Build}}Build #{{.Build.Number}} of {{with .Project}}{{.Name}}{{end}}: {{.Build.Status}}
+
+Branch:   {{.Build.Branch}}
+Commit:   {{short .Build.SHA}} {{firstLine .Build.Message}}
+Author:   {{.Build.Author}}{{with .Build.DurationMS}}
+Duration: {{duration .}}{{end}}{{with .Build.URL}}
+
+{{.}}{{end}}
+{{else}}Event {{.Event.Type}} at {{timefmt "2006-01-02 15:04:05 MST" .Event.Time}}
+{{with .Data}}
+{{json .}}
+{{end}}{{end}}`
+	EmailHTML = `<!doctype html>
+<html><body style="font-family: sans-serif">
+{{if .Build}}<h2>{{icon .Build.Status}} Build #{{.Build.Number}} of {{with .Project}}{{.Name}}{{end}}: {{.Build.Status}}</h2>
+<table>
+<tr><td>Branch</td><td><code>{{.Build.Branch}}</code></td></tr>
+<tr><td>Commit</td><td><code>{{short .Build.SHA}}</code> {{firstLine .Build.Message}}</td></tr>
+<tr><td>Author</td><td>{{.Build.Author}}</td></tr>{{with .Build.DurationMS}}
+<tr><td>Duration</td><td>{{duration .}}</td></tr>{{end}}
+</table>{{with .Build.URL}}
+<p><a href="{{.}}">Open the build</a></p>{{end}}
+{{else}}<h2>{{.Event.Type}}</h2>{{with .Data}}
+<pre>{{json .}}</pre>{{end}}
+{{end}}</body></html>`
+)
+
+func init() { Register(Email) }
+
+func checkEmail(c *Config) []*ConfigError {
+	var errs []*ConfigError
+	if p := c.Int("port"); p < 1 || p > 65535 {
+		errs = append(errs, c.Errorf("port", "must be between 1 and 65535, got %d", p))
+	}
+	if v := c.Value("from"); !v.Unresolved() {
+		if _, err := mail.ParseAddress(v.Text()); err != nil {
+			if v.FromReference() {
+				errs = append(errs, c.Errorf("from", "value of %s is not an email address (value not shown)", v.Reference()))
+			} else {
+				errs = append(errs, c.Errorf("from", "%q is not an email address: %v", v.Text(), err))
+			}
+		}
+	}
+	if c.IsSet("password") && !c.IsSet("username") {
+		errs = append(errs, c.Errorf("username", "a password needs a username"))
+	}
+	return errs
+}
+
+// EmailRecipients parses the rendered recipients parameter into addresses,
+// lower-cased, sorted and without repeats.
+func EmailRecipients(to string) ([]string, error) {
+	if strings.TrimSpace(to) == "" {
+		return nil, fmt.Errorf("no recipients: set to on the sink or in the route's to: entry")
+	}
+	list, err := mail.ParseAddressList(to)
+	if err != nil {
+		return nil, fmt.Errorf("recipients %q: %v", to, err)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, a := range list {
+		addr := strings.ToLower(a.Address)
+		if !seen[addr] {
+			seen[addr] = true
+			out = append(out, addr)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func emailTarget(_ *Config, p map[string]string) (string, error) {
+	rcpt, err := EmailRecipients(p["to"])
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(rcpt, ","), nil
+}

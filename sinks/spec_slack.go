@@ -1,0 +1,61 @@
+package sinks
+
+import (
+	"fmt"
+	"net/url"
+)
+
+// Slack is the specification of the slack type: a message posted with a
+// bot token (chat.postMessage, to a channel) or to an incoming webhook.
+var Slack = Type{
+	Name:        "slack",
+	Doc:         "Slack messages through a bot token (chat.postMessage) or an incoming webhook",
+	ContentType: "text/plain; charset=utf-8",
+	Settings: []Setting{
+		{Name: "token", Kind: KindSecret, Doc: "bot token (xoxb-…); needs a channel"},
+		{Name: "webhook_url", Kind: KindSecret, Doc: "incoming webhook URL (instead of token)"},
+		{Name: "channel", Kind: KindString, Override: true, Param: true, Doc: "channel name or id, e.g. #builds"},
+		{Name: "username", Kind: KindString, Override: true, Param: true, Doc: "name the message is posted under"},
+		{Name: "icon_emoji", Kind: KindString, Override: true, Param: true, Doc: "emoji shown as the poster's icon, e.g. :robot_face:"},
+		{Name: "template", Kind: KindTemplate, Role: RoleBody, Override: true, Default: SlackTemplate,
+			Doc: "message text in Slack mrkdwn (a template)"},
+	},
+	Check:  checkSlack,
+	Target: slackTarget,
+}
+
+// SlackTemplate is the default Slack message.
+const SlackTemplate = `{{if .Build}}{{icon .Build.Status}} *{{with .Project}}{{slack .Name}}{{end}}* #{{.Build.Number}} {{.Build.Status}} on ` + "`{{slack .Build.Branch}}`" + `{{with .Build.Author}} by {{slack .}}{{end}}{{with .Build.DurationMS}} in {{duration .}}{{end}}
+{{short .Build.SHA}} {{.Build.Message | firstLine | trunc 80 | slack}}{{with .Build.URL}}
+<{{.}}|Open build>{{end}}{{else}}*{{.Event.Type}}*{{with .Data}} {{json .}}{{end}}{{end}}`
+
+func init() { Register(Slack) }
+
+func checkSlack(c *Config) []*ConfigError {
+	var errs []*ConfigError
+	tok, hook := c.IsSet("token"), c.IsSet("webhook_url")
+	switch {
+	case tok && hook:
+		errs = append(errs, c.Errorf("webhook_url", "set token or webhook_url, not both"))
+	case !tok && !hook:
+		errs = append(errs, c.Errorf("token", "a slack sink needs token (with a channel) or webhook_url"))
+	}
+	if v := c.Value("webhook_url"); hook && !v.Unresolved() {
+		u, err := url.Parse(v.Secret().Reveal())
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			errs = append(errs, c.Errorf("webhook_url", "not an https URL (value not shown)"))
+		}
+	}
+	return errs
+}
+
+func slackTarget(c *Config, p map[string]string) (string, error) {
+	ch := p["channel"]
+	if ch == "" {
+		if c.IsSet("token") {
+			return "", fmt.Errorf("no channel: a token needs a channel on the sink or in the route's to: entry")
+		}
+		return "webhook", nil
+	}
+	return ch, nil
+}
