@@ -113,7 +113,6 @@ func New(cfg Config) (*API, error) {
 		}
 	}
 	a.engine.HandleMethodNotAllowed = true
-	a.engine.ContextWithFallback = true
 	a.engine.Use(a.observe, gin.CustomRecovery(func(c *gin.Context, rec any) {
 		a.cfg.Logger.Error("panic in handler", "path", c.FullPath(), "panic", rec)
 		a.fail(c, errorf(http.StatusInternalServerError, "internal", "internal error"))
@@ -216,7 +215,7 @@ func (a *API) whoami(c *gin.Context) { c.JSON(http.StatusOK, CurrentUser(c)) }
 // project is reported as not found, so names do not leak.
 func (a *API) project(c *gin.Context) (builds.Project, bool) {
 	name := c.Param("name")
-	p, err := a.cfg.Store.ProjectByName(c, name)
+	p, err := a.cfg.Store.ProjectByName(c.Request.Context(), name)
 	u := CurrentUser(c)
 	if err == nil && !u.Admin && p.OwnerID != u.ID {
 		err = errorf(http.StatusNotFound, "not_found", "project %q not found", name)
@@ -239,7 +238,7 @@ func (a *API) build(c *gin.Context) (builds.Build, builds.Project, bool) {
 		return builds.Build{}, builds.Project{}, false
 	}
 	notFound := errorf(http.StatusNotFound, "not_found", "build %d not found", id)
-	b, err := a.cfg.Store.Build(c, id)
+	b, err := a.cfg.Store.Build(c.Request.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
 		err = notFound
 	}
@@ -247,7 +246,7 @@ func (a *API) build(c *gin.Context) (builds.Build, builds.Project, bool) {
 		a.fail(c, err)
 		return b, builds.Project{}, false
 	}
-	p, err := a.cfg.Store.ProjectByID(c, b.ProjectID)
+	p, err := a.cfg.Store.ProjectByID(c.Request.Context(), b.ProjectID)
 	if err != nil {
 		a.fail(c, err)
 		return b, p, false

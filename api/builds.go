@@ -83,7 +83,7 @@ func (a *API) triggerBuild(c *gin.Context) {
 			return
 		}
 	}
-	commit, err := a.cfg.Resolve(c, p.Repo, want)
+	commit, err := a.cfg.Resolve(c.Request.Context(), p.Repo, want)
 	if err != nil {
 		code := "unresolvable_ref"
 		if errors.Is(err, ErrRefNotFound) {
@@ -107,7 +107,7 @@ func (a *API) triggerBuild(c *gin.Context) {
 }
 
 func (a *API) queue(c *gin.Context, p builds.Project, nb store.NewBuild) {
-	b, err := a.cfg.Store.CreateBuild(c, nb)
+	b, err := a.cfg.Store.CreateBuild(c.Request.Context(), nb)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -146,7 +146,7 @@ func (a *API) listBuilds(c *gin.Context) {
 		}
 		f.Limit = n
 	}
-	list, err := a.cfg.Store.ListBuilds(c, f)
+	list, err := a.cfg.Store.ListBuilds(c.Request.Context(), f)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -173,7 +173,7 @@ func (a *API) cancelBuild(c *gin.Context) {
 	if !ok {
 		return
 	}
-	b, err := a.cfg.Store.RequestCancel(c, b.ID, "canceled by "+CurrentUser(c).Name)
+	b, err := a.cfg.Store.RequestCancel(c.Request.Context(), b.ID, "canceled by "+CurrentUser(c).Name)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -211,7 +211,7 @@ func (a *API) buildLog(c *gin.Context) {
 		}
 		off = n
 	}
-	data, size, err := a.cfg.Store.ReadLog(c, b.ID, off, maxLogRead)
+	data, size, err := a.cfg.Store.ReadLog(c.Request.Context(), b.ID, off, maxLogRead)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -227,7 +227,7 @@ func (a *API) buildEvents(c *gin.Context) {
 	if !ok {
 		return
 	}
-	evs, err := a.cfg.Store.BuildEvents(c, b.ID)
+	evs, err := a.cfg.Store.BuildEvents(c.Request.Context(), b.ID)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -243,7 +243,7 @@ func (a *API) listArtifacts(c *gin.Context) {
 	if !ok {
 		return
 	}
-	list, err := a.cfg.Store.Artifacts(c, b.ID)
+	list, err := a.cfg.Store.Artifacts(c.Request.Context(), b.ID)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -276,7 +276,7 @@ func (a *API) downloadArtifact(c *gin.Context) {
 		a.fail(c, errorf(http.StatusBadRequest, "invalid_path", "artifact path %q must be a relative path without \"..\"", strings.TrimPrefix(c.Param("path"), "/")))
 		return
 	}
-	art, err := a.cfg.Store.ArtifactByPath(c, b.ID, rel)
+	art, err := a.cfg.Store.ArtifactByPath(c.Request.Context(), b.ID, rel)
 	if err != nil {
 		a.fail(c, err)
 		return

@@ -147,7 +147,7 @@ func (a *API) channelAuth(c *gin.Context) {
 		sum := sha256.Sum256(append([]byte(ch), cc.EncryptionMasterKey...))
 		resp["shared_secret"] = base64.StdEncoding.EncodeToString(sum[:])
 	case strings.HasPrefix(ch, "presence-project-"):
-		p, err := a.cfg.Store.ProjectByName(c, strings.TrimPrefix(ch, "presence-project-"))
+		p, err := a.cfg.Store.ProjectByName(c.Request.Context(), strings.TrimPrefix(ch, "presence-project-"))
 		if err != nil || (!u.Admin && p.OwnerID != u.ID) {
 			a.fail(c, errorf(http.StatusForbidden, "forbidden", "you cannot join %q: no project of yours has that name", ch))
 			return

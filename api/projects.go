@@ -118,7 +118,7 @@ func (a *API) createProject(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	p, err := a.cfg.Store.CreateProject(c, p)
+	p, err := a.cfg.Store.CreateProject(c.Request.Context(), p)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -133,7 +133,7 @@ func (a *API) listProjects(c *gin.Context) {
 	if u.Admin {
 		owner = 0
 	}
-	list, err := a.cfg.Store.ListProjects(c, owner)
+	list, err := a.cfg.Store.ListProjects(c.Request.Context(), owner)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -169,7 +169,7 @@ func (a *API) patchProject(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	p, err := a.cfg.Store.UpdateProject(c, p)
+	p, err := a.cfg.Store.UpdateProject(c.Request.Context(), p)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -182,7 +182,7 @@ func (a *API) deleteProject(c *gin.Context) {
 	if !ok {
 		return
 	}
-	if err := a.cfg.Store.DeleteProject(c, p.ID); err != nil {
+	if err := a.cfg.Store.DeleteProject(c.Request.Context(), p.ID); err != nil {
 		a.fail(c, err)
 		return
 	}
@@ -190,7 +190,7 @@ func (a *API) deleteProject(c *gin.Context) {
 }
 
 func (a *API) listTokens(c *gin.Context) {
-	list, err := a.cfg.Store.ListTokens(c, CurrentUser(c).ID)
+	list, err := a.cfg.Store.ListTokens(c.Request.Context(), CurrentUser(c).ID)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -210,7 +210,7 @@ func (a *API) createToken(c *gin.Context) {
 		a.fail(c, errorf(http.StatusBadRequest, "invalid_field", "field \"name\" must be at most 100 characters"))
 		return
 	}
-	plain, t, err := a.cfg.Store.CreateToken(c, CurrentUser(c).ID, in.Name)
+	plain, t, err := a.cfg.Store.CreateToken(c.Request.Context(), CurrentUser(c).ID, in.Name)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -224,7 +224,7 @@ func (a *API) revokeToken(c *gin.Context) {
 		a.fail(c, errorf(http.StatusBadRequest, "invalid_id", "token id %q must be an integer", c.Param("id")))
 		return
 	}
-	if err := a.cfg.Store.RevokeToken(c, CurrentUser(c).ID, id); err != nil {
+	if err := a.cfg.Store.RevokeToken(c.Request.Context(), CurrentUser(c).ID, id); err != nil {
 		a.fail(c, fmt.Errorf("revoke: %w", err))
 		return
 	}

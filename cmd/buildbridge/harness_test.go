@@ -1,5 +1,3 @@
-//go:build wip
-
 package main
 
 import (
@@ -33,7 +31,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binPath = filepath.Join(dir, "buildbridge")
-	out, err := exec.Command("go", "build", "-tags", "wip", "-o", binPath, ".").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build buildbridge: %v\n%s", err, out)
 		os.Exit(1)
@@ -85,10 +83,15 @@ func newTestRepo(t testing.TB) *testRepo {
 // commit writes files on a branch, commits and pushes; it returns the sha.
 func (r *testRepo) commit(t testing.TB, branch, msg string, files map[string]string) string {
 	t.Helper()
-	if out := git(t, r.work, "branch", "--list", branch); out == "" && git(t, r.work, "rev-parse", "--verify", "-q", "HEAD^{commit}") != "" {
+	// An existing branch is checked out; a new one starts from HEAD, or is
+	// born with the first commit of an empty repository.
+	switch {
+	case git(t, r.work, "branch", "--list", branch) != "":
+		git(t, r.work, "checkout", "-q", branch)
+	case git(t, r.work, "rev-list", "--all", "--count") != "0":
 		git(t, r.work, "checkout", "-q", "-b", branch)
-	} else {
-		git(t, r.work, "checkout", "-q", "-B", branch)
+	default:
+		git(t, r.work, "symbolic-ref", "HEAD", "refs/heads/"+branch)
 	}
 	for name, body := range files {
 		p := filepath.Join(r.work, name)
