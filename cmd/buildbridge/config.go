@@ -21,11 +21,14 @@ import (
 // everywhere: key "realtime.max_channels" is flag --realtime-max-channels
 // and variable BUILDBRIDGE_REALTIME_MAX_CHANNELS.
 type Config struct {
-	Addr     string `yaml:"addr" help:"address to listen on"`
-	Data     string `yaml:"data" help:"data directory (SQLite, embedded bus, artifacts, workspaces)"`
-	Rules    string `yaml:"rules" help:"rules file (YAML); empty: built-in rules only"`
-	NATSURL  string `yaml:"nats_url" help:"external NATS JetStream URL; empty: embedded bus"`
-	Postgres string `yaml:"postgres" help:"PostgreSQL DSN; empty: SQLite in the data directory"`
+	Addr    string `yaml:"addr" help:"address to listen on"`
+	Data    string `yaml:"data" help:"data directory (SQLite, embedded bus, artifacts, workspaces)"`
+	Rules   string `yaml:"rules" help:"rules file (YAML); empty: built-in rules only"`
+	NATSURL string `yaml:"nats_url" help:"external NATS JetStream URL; empty: embedded bus"`
+	// NATSNamespace prefixes subjects and streams, so several deployments
+	// (or test runs) can share one NATS.
+	NATSNamespace string `yaml:"nats_namespace" help:"prefix of the bus's subjects and streams"`
+	Postgres      string `yaml:"postgres" help:"PostgreSQL DSN; empty: SQLite in the data directory"`
 	// BaseURL is where users reach the hub (links in events and messages).
 	BaseURL string `yaml:"base_url" help:"public URL of the hub (default http://ADDR)"`
 
@@ -55,6 +58,7 @@ type RealtimeConfig struct {
 func defaultConfig() Config {
 	return Config{
 		Addr:             "127.0.0.1:8080",
+		NATSNamespace:    "buildbridge",
 		Data:             "./data",
 		Concurrency:      2,
 		OnRestart:        "error",

@@ -6,12 +6,17 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/buildbridge/buildbridge/event"
+	"github.com/buildbridge/buildbridge/store/storetest"
 )
 
 // buildScenario drives one hub through the builds every user meets:
@@ -193,4 +198,72 @@ func TestFirstStartPrintsAdminToken(t *testing.T) {
 	if strings.Contains(p.stdout.String(), "bb_") {
 		t.Fatalf("second start printed a token:\n%s", p.stdout.String())
 	}
+}
+
+// TestEndToEndOnPostgresAndExternalNATS runs a build through a `serve`
+// that keeps its state in PostgreSQL and uses the external NATS JetStream
+// as its bus, each when the test environment names one.
+func TestEndToEndOnPostgresAndExternalNATS(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args func(t *testing.T) []string
+	}{
+		{"postgres", func(t *testing.T) []string { return []string{"--postgres", storetest.PostgresDSN(t)} }},
+		{"nats", func(t *testing.T) []string {
+			return []string{"--nats-url", natsURL(t), "--nats-namespace", uniqueNamespace(t)}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := t.TempDir()
+			args := tc.args(t)
+			userArgs := []string{"user", "add", "ann", "--data", data}
+			if args[0] == "--postgres" {
+				userArgs = append(userArgs, args...)
+			}
+			token := strings.TrimSpace(runCLI(t, userArgs...))
+			logs := newEventLog()
+			p := startServer(t, data, freeAddr(t), logs, args...)
+			c := client{base: "http://" + p.addr, token: token}
+			repo := newTestRepo(t)
+			repo.commit(t, "main", "c1", map[string]string{".buildbridge.yml": "steps:\n  - name: ok\n    run: echo ok\n"})
+			c.mustCall(t, 201, "POST", "/api/v1/projects", map[string]any{"name": "app", "repo": repo.bare})
+			b := c.mustCall(t, 201, "POST", "/api/v1/projects/app/builds", nil)
+			assertStates(t, logs.waitFinished(t, int64(b["id"].(float64)), 30*time.Second), "passed", "passed")
+			p.stop(t)
+		})
+	}
+}
+
+func natsURL(t *testing.T) string {
+	u := os.Getenv("BUILDBRIDGE_TEST_NATS")
+	if u == "" {
+		t.Skip("BUILDBRIDGE_TEST_NATS is not set; skipping the external NATS variant")
+	}
+	return u
+}
+
+// uniqueNamespace names a bus namespace for one test and deletes its
+// streams from the shared NATS when the test ends.
+func uniqueNamespace(t *testing.T) string {
+	ns := fmt.Sprintf("bbtest_%d", time.Now().UnixNano())
+	t.Cleanup(func() {
+		nc, err := nats.Connect(natsURL(t))
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		names := js.StreamNames(ctx)
+		for name := range names.Name() {
+			if strings.HasPrefix(name, ns+"_") {
+				js.DeleteStream(ctx, name)
+			}
+		}
+	})
+	return ns
 }

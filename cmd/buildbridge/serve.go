@@ -99,7 +99,8 @@ func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err e
 	if err := h.firstStart(ctx); err != nil {
 		return nil, err
 	}
-	h.bus, err = bus.Open(ctx, bus.Config{URL: cfg.NATSURL, DataDir: filepath.Join(cfg.Data, "nats"), Logger: logger})
+	h.bus, err = bus.Open(ctx, bus.Config{URL: cfg.NATSURL, Namespace: cfg.NATSNamespace,
+		DataDir: filepath.Join(cfg.Data, "nats"), Logger: logger})
 	if err != nil {
 		return nil, err
 	}
