@@ -137,9 +137,19 @@ func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err e
 		return nil, err
 	}
 	h.reg.MustRegister(newStoreCollector(h.store))
+	for _, mount := range mounts {
+		if err := mount(ctx, h); err != nil {
+			return nil, err
+		}
+	}
 	h.routes()
 	return h, nil
 }
+
+// mounts are filled by the init functions of this package's feature files
+// (sources, realtime, …): each adds its routes and consumers to the hub
+// after the core parts exist, so a feature is wired in its own file.
+var mounts []func(ctx context.Context, h *hub) error
 
 // resolveCommit adapts the runner's git lookup to the API.
 func resolveCommit(ctx context.Context, repo, ref string) (api.Commit, error) {
