@@ -661,11 +661,28 @@ func (l *loader) target(rt *route, path string, n *yaml.Node, s *sinkInst, over 
 		}
 	}
 	for _, ev := range sampleEvents(rt.eventTypes()) {
+		if !rt.couldReceive(&ev) {
+			continue
+		}
 		if !l.trySample(t, &ev) {
 			return nil
 		}
 	}
 	return t
+}
+
+// couldReceive reports whether the route's fixed conditions (state,
+// result, status, notify) let a sample event through: templates are
+// rendered against the samples the route could receive.
+func (rt *route) couldReceive(ev *event.Envelope) bool {
+	b := ev.Build
+	if b == nil {
+		return !rt.needsBuild()
+	}
+	return (rt.states == nil || contains(rt.states, string(b.State))) &&
+		(rt.results == nil || contains(rt.results, string(b.Result))) &&
+		(rt.statuses == nil || contains(rt.statuses, string(b.Status))) &&
+		(rt.notify != notifyChange || isChange(ev))
 }
 
 // trySample renders a target against one sample event and reports the

@@ -310,38 +310,70 @@ func templateError(err error) error {
 	return fmt.Errorf("template line %s: %s", strings.SplitN(pos, ":", 2)[0], m)
 }
 
-// Sample events against which every template is rendered at load, so that
-// a template that fails on a real event fails when the file is loaded.
+// sampleEvents are the events every template is rendered against at
+// load, so that a template that fails on a real event fails when the file
+// is loaded: for build-state-changed, one build of each status; for the
+// other types, one event with a small data body.
 func sampleEvents(types []string) []event.Envelope {
-	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	end := start.Add(72 * time.Second)
 	var out []event.Envelope
 	for _, typ := range types {
 		if typ != event.TypeBuildStateChanged {
-			out = append(out, event.Envelope{ID: "evt_sample_" + typ, Type: typ, Time: end, Seq: 1,
+			out = append(out, event.Envelope{ID: "evt_sample_" + typ, Type: typ,
+				Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Seq: 1,
 				Data: json.RawMessage(`{"message":"sample","count":1}`)})
 			continue
 		}
-		finished := event.FromTransition(builds.Transition{
-			EventID: "evt_sample_finished", Seq: 2, Time: end, From: builds.Started, To: builds.Finished,
-			Build: builds.Build{ID: 9, Number: 42, State: builds.Finished, Result: builds.Failed,
-				Ref: "refs/heads/main", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567",
-				Author: "Ann Example", AuthorEmail: "ann@example.com", Message: "Fix the thing\n\nLonger text.",
-				StartedAt: &start, FinishedAt: &end},
-			Project:  builds.ProjectRef{ID: 3, Name: "app", OwnerID: 5},
-			Previous: &builds.Previous{Number: 41, Result: builds.Passed},
-		}, "https://buildbridge.example/builds/")
-		queued := event.FromTransition(builds.Transition{
-			EventID: "evt_sample_queued", Seq: 1, Time: start, To: builds.Queued,
-			Build: builds.Build{ID: 10, Number: 1, State: builds.Queued, Ref: "refs/heads/main",
-				Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567"},
-			Project: builds.ProjectRef{ID: 3, Name: "app", OwnerID: 5},
-		}, "")
-		out = append(out, finished, queued)
+		for _, st := range builds.AllStatuses {
+			out = append(out, sampleBuild(st))
+		}
 	}
 	return out
 }
 
+// sampleBuild is a build-state-changed event of a build of the status.
+func sampleBuild(st builds.Status) event.Envelope {
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	end := start.Add(72 * time.Second)
+	tr := builds.Transition{
+		EventID: "evt_sample_" + string(st), Seq: 2, Time: end, From: builds.Started, To: builds.Finished,
+		Build: builds.Build{ID: 9, Number: 42, State: builds.Finished,
+			Ref: "refs/heads/main", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567",
+			Author: "Ann Example", AuthorEmail: "ann@example.com", Message: "Fix the thing\n\nLonger text.",
+			StartedAt: &start, FinishedAt: &end},
+		Project: builds.ProjectRef{ID: 3, Name: "app", OwnerID: 5},
+	}
+	prev := func(r builds.Result) { tr.Previous = &builds.Previous{Number: 41, Result: r} }
+	switch st {
+	case builds.StatusQueued:
+		tr.From, tr.To, tr.Time, tr.Build.State = "", builds.Queued, start, builds.Queued
+		tr.Build.StartedAt, tr.Build.FinishedAt = nil, nil
+	case builds.StatusStarted:
+		tr.From, tr.To, tr.Time, tr.Build.State = builds.Queued, builds.Started, start, builds.Started
+		tr.Build.FinishedAt = nil
+	case builds.StatusPassed:
+		tr.Build.Result = builds.Passed
+		prev(builds.Passed)
+	case builds.StatusFixed:
+		tr.Build.Result = builds.Passed
+		prev(builds.Failed)
+	case builds.StatusFailed:
+		tr.Build.Result = builds.Failed
+	case builds.StatusBroken:
+		tr.Build.Result = builds.Failed
+		prev(builds.Passed)
+	case builds.StatusStillFailing:
+		tr.Build.Result = builds.Failed
+		prev(builds.Failed)
+	case builds.StatusErrored:
+		tr.Build.Result = builds.Errored
+		prev(builds.Passed)
+	case builds.StatusCanceled:
+		tr.Build.Result = builds.Canceled
+	}
+	return event.FromTransition(tr, "https://buildbridge.example/builds/")
+}
+
 // SampleEvent is a build-state-changed event of a finished build that
-// broke the main branch: what `rules test` uses without --event.
-func SampleEvent() event.Envelope { return sampleEvents([]string{event.TypeBuildStateChanged})[0] }
+// broke the main branch of project "app": what `rules test` uses without
+// --event.
+func SampleEvent() event.Envelope { return sampleBuild(builds.StatusBroken) }

@@ -362,8 +362,10 @@ func (t *Type) Decode(name string, n *yaml.Node, r *Resolver) (*Config, []*Confi
 	if n.Kind != yaml.MappingNode {
 		return c, []*ConfigError{{Line: n.Line, Column: n.Column, Message: "a sink must be a mapping with a type and its settings"}}
 	}
+	written := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, vn := n.Content[i], deref(n.Content[i+1])
+		written[k.Value] = true
 		if k.Value == "type" {
 			continue
 		}
@@ -385,7 +387,7 @@ func (t *Type) Decode(name string, n *yaml.Node, r *Resolver) (*Config, []*Confi
 	}
 	for i := range t.Settings {
 		s := &t.Settings[i]
-		if s.Required && !c.IsSet(s.Name) {
+		if s.Required && !written[s.Name] {
 			errs = append(errs, &ConfigError{Line: n.Line, Column: n.Column, Path: s.Name,
 				Message: fmt.Sprintf("required setting missing (%s)", s.Doc)})
 		}
