@@ -182,6 +182,7 @@ func TestBadInput(t *testing.T) {
 		{"missing repo", f.ann, "POST", "/api/v1/projects", `{"name":"x"}`, 400, "invalid_field", "repo"},
 		{"bad name", f.ann, "POST", "/api/v1/projects", `{"name":"../etc","repo":"/r"}`, 400, "invalid_field", "name"},
 		{"bad timeout", f.ann, "POST", "/api/v1/projects", `{"name":"x","repo":"/r","timeout":"soon"}`, 400, "invalid_field", "timeout"},
+		{"bad branch glob", f.ann, "PATCH", "/api/v1/projects/app", `{"settings":{"branches":{"include":["[bad"]}}}`, 400, "invalid_field", "settings.branches"},
 		{"empty step", f.ann, "POST", "/api/v1/projects", `{"name":"x","repo":"/r","steps":[{"name":"a"}]}`, 400, "invalid_field", "steps[0].run"},
 		{"two objects", f.ann, "POST", "/api/v1/projects", `{"name":"x","repo":"/r"}{}`, 400, "invalid_json", ""},
 		{"oversized", f.ann, "POST", "/api/v1/projects", big, 413, "body_too_large", "4096"},

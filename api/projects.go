@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -34,10 +35,11 @@ func showProject(p builds.Project) projectJSON {
 // projectInput is the body of POST and PATCH /projects; nil fields are
 // left unchanged by PATCH.
 type projectInput struct {
-	Name          *string        `json:"name"`
-	Repo          *string        `json:"repo"`
-	DefaultBranch *string        `json:"default_branch"`
-	Steps         *[]builds.Step `json:"steps"`
+	Name          *string          `json:"name"`
+	Repo          *string          `json:"repo"`
+	DefaultBranch *string          `json:"default_branch"`
+	Steps         *[]builds.Step   `json:"steps"`
+	Settings      *builds.Settings `json:"settings"`
 	// Timeout is a Go duration ("10m") or a number of seconds.
 	Timeout json.RawMessage `json:"timeout"`
 }
@@ -70,6 +72,16 @@ func (in projectInput) apply(p *builds.Project) error {
 	}
 	if in.Steps != nil {
 		p.Steps = *in.Steps
+	}
+	if in.Settings != nil {
+		for _, globs := range [][]string{in.Settings.Branches.Include, in.Settings.Branches.Exclude} {
+			for _, g := range globs {
+				if _, err := path.Match(g, ""); err != nil || g == "" {
+					return errorf(http.StatusBadRequest, "invalid_field", "field \"settings.branches\": %q is not a valid glob", g)
+				}
+			}
+		}
+		p.Settings = *in.Settings
 	}
 	if in.Timeout != nil {
 		d, err := parseTimeout(in.Timeout)

@@ -123,8 +123,27 @@ type Project struct {
 	DefaultBranch string        `json:"default_branch"`
 	Steps         []Step        `json:"steps"`
 	Timeout       time.Duration `json:"-"`
+	Settings      Settings      `json:"settings"`
 	CreatedAt     time.Time     `json:"created_at"`
 	UpdatedAt     time.Time     `json:"updated_at"`
+}
+
+// Settings are a project's choices about which pushes build.
+type Settings struct {
+	// BuildTags makes pushed tags start builds (branches always do).
+	BuildTags bool `json:"build_tags"`
+	// Branches filters pushed branches by glob: a branch builds when it
+	// matches an Include pattern (or Include is empty) and no Exclude one.
+	Branches BranchFilter `json:"branches"`
+	// SupersedeQueued cancels a branch's still-queued builds when a newer
+	// push to that branch queues one.
+	SupersedeQueued bool `json:"supersede_queued"`
+}
+
+// BranchFilter is a pair of glob lists (path.Match syntax).
+type BranchFilter struct {
+	Include []string `json:"include,omitempty"`
+	Exclude []string `json:"exclude,omitempty"`
 }
 
 // Build is one run of a project at one commit.

@@ -33,11 +33,15 @@ func (s *DB) CreateProject(ctx context.Context, p builds.Project) (builds.Projec
 	if err != nil {
 		return builds.Project{}, fmt.Errorf("create project: %w", err)
 	}
+	settings, err := json.Marshal(p.Settings)
+	if err != nil {
+		return builds.Project{}, fmt.Errorf("create project: %w", err)
+	}
 	p.CreatedAt = s.now()
 	p.UpdatedAt = p.CreatedAt
-	err = s.db.QueryRowContext(ctx, s.q(`INSERT INTO projects (name, owner_id, repo, default_branch, steps, timeout_ms, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
-		p.Name, p.OwnerID, p.Repo, p.DefaultBranch, string(steps), p.Timeout.Milliseconds(), ms(p.CreatedAt), ms(p.UpdatedAt)).Scan(&p.ID)
+	err = s.db.QueryRowContext(ctx, s.q(`INSERT INTO projects (name, owner_id, repo, default_branch, steps, timeout_ms, settings, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+		p.Name, p.OwnerID, p.Repo, p.DefaultBranch, string(steps), p.Timeout.Milliseconds(), string(settings), ms(p.CreatedAt), ms(p.UpdatedAt)).Scan(&p.ID)
 	if isUnique(err) {
 		return builds.Project{}, fmt.Errorf("project %q: %w", p.Name, ErrConflict)
 	}
@@ -47,19 +51,22 @@ func (s *DB) CreateProject(ctx context.Context, p builds.Project) (builds.Projec
 	return p, nil
 }
 
-const projectCols = `id, name, owner_id, repo, default_branch, steps, timeout_ms, created_at, updated_at`
+const projectCols = `id, name, owner_id, repo, default_branch, steps, timeout_ms, settings, created_at, updated_at`
 
 func scanProject(row interface{ Scan(...any) error }) (builds.Project, error) {
 	var (
-		p             builds.Project
-		steps         string
-		timeout, c, u int64
+		p               builds.Project
+		steps, settings string
+		timeout, c, u   int64
 	)
-	if err := row.Scan(&p.ID, &p.Name, &p.OwnerID, &p.Repo, &p.DefaultBranch, &steps, &timeout, &c, &u); err != nil {
+	if err := row.Scan(&p.ID, &p.Name, &p.OwnerID, &p.Repo, &p.DefaultBranch, &steps, &timeout, &settings, &c, &u); err != nil {
 		return p, err
 	}
 	if err := json.Unmarshal([]byte(steps), &p.Steps); err != nil {
 		return p, fmt.Errorf("project %d steps: %w", p.ID, err)
+	}
+	if err := json.Unmarshal([]byte(settings), &p.Settings); err != nil {
+		return p, fmt.Errorf("project %d settings: %w", p.ID, err)
 	}
 	p.Timeout = time.Duration(timeout) * time.Millisecond
 	p.CreatedAt, p.UpdatedAt = fromMS(c), fromMS(u)
@@ -113,9 +120,13 @@ func (s *DB) UpdateProject(ctx context.Context, p builds.Project) (builds.Projec
 	if err != nil {
 		return p, fmt.Errorf("update project: %w", err)
 	}
+	settings, err := json.Marshal(p.Settings)
+	if err != nil {
+		return p, fmt.Errorf("update project: %w", err)
+	}
 	p.UpdatedAt = s.now()
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE projects SET repo = ?, default_branch = ?, steps = ?, timeout_ms = ?, updated_at = ? WHERE id = ?`),
-		p.Repo, p.DefaultBranch, string(steps), p.Timeout.Milliseconds(), ms(p.UpdatedAt), p.ID)
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE projects SET repo = ?, default_branch = ?, steps = ?, timeout_ms = ?, settings = ?, updated_at = ? WHERE id = ?`),
+		p.Repo, p.DefaultBranch, string(steps), p.Timeout.Milliseconds(), string(settings), ms(p.UpdatedAt), p.ID)
 	if err != nil {
 		return p, fmt.Errorf("update project %q: %w", p.Name, err)
 	}

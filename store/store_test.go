@@ -97,10 +97,11 @@ func TestProjects(t *testing.T) {
 			t.Fatalf("project by name: %+v %v", got, err)
 		}
 		got.Repo = "/other"
+		got.Settings = builds.Settings{BuildTags: true, Branches: builds.BranchFilter{Include: []string{"release/*"}}}
 		if _, err := s.UpdateProject(ctx, got); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ = s.ProjectByID(ctx, p.ID); got.Repo != "/other" {
+		if got, _ = s.ProjectByID(ctx, p.ID); got.Repo != "/other" || !got.Settings.BuildTags || got.Settings.Branches.Include[0] != "release/*" {
 			t.Fatalf("update lost: %+v", got)
 		}
 		mkProject(t, s, "zed")
