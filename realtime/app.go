@@ -1,0 +1,498 @@
+package realtime
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// countImmediateLimit is the channel size up to which a subscription
+// count change is sent at once; larger channels get at most one count per
+// sweep, so that N joins do not cost N² frames.
+const countImmediateLimit = 100
+
+// app holds the live state of one App on this node.
+type app struct {
+	srv      *Server
+	cfg      App
+	webhooks map[string]bool // wanted webhook events; nil when none
+
+	mu       sync.RWMutex
+	conns    map[string]*conn // by socket id
+	channels map[string]*channel
+	users    map[string][]*conn    // signed-in user id → connections
+	owners   map[string]int        // bound owner → live subscriptions
+	dirty    map[*channel]struct{} // channels owing a subscription count
+}
+
+// channel is one channel with at least one subscriber on this node.
+type channel struct {
+	name    string
+	kind    channelKind
+	subs    map[*conn]string   // subscriber → presence user id ("" otherwise)
+	members map[string]*member // presence channels only
+}
+
+type member struct {
+	info json.RawMessage
+	n    int // this user's subscribed sockets
+}
+
+// effects are what a state change owes the outside world, carried out
+// once the app lock is released.
+type effects struct {
+	webhooks []WebhookEvent
+	messages []Message
+}
+
+func newApp(s *Server, cfg App) *app {
+	a := &app{srv: s, cfg: cfg, conns: make(map[string]*conn), channels: make(map[string]*channel),
+		users: make(map[string][]*conn), owners: make(map[string]int), dirty: make(map[*channel]struct{})}
+	if cfg.Webhook.URL != "" {
+		a.webhooks = make(map[string]bool)
+		evs := cfg.Webhook.Events
+		if len(evs) == 0 {
+			evs = []string{WebhookChannelOccupied, WebhookChannelVacated, WebhookMemberAdded, WebhookMemberRemoved}
+		}
+		for _, e := range evs {
+			a.webhooks[e] = true
+		}
+	}
+	return a
+}
+
+func (a *app) wantsWebhook(name string) bool { return a.webhooks[name] }
+
+func (a *app) apply(e *effects) {
+	for _, w := range e.webhooks {
+		a.srv.webhooks.add(a, w.Name, w.Channel, w.UserID)
+	}
+	for _, m := range e.messages {
+		a.srv.broadcast(m)
+	}
+}
+
+// register adds c unless the app is at its connection cap.
+func (a *app) register(c *conn) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cfg.MaxConnections > 0 && len(a.conns) >= a.cfg.MaxConnections {
+		return false
+	}
+	a.conns[c.id] = c
+	return true
+}
+
+func (a *app) hasSocket(id string) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	_, ok := a.conns[id]
+	return ok
+}
+
+// unregister removes c and everything it held.
+func (a *app) unregister(c *conn) {
+	var e effects
+	a.mu.Lock()
+	if a.conns[c.id] != c {
+		a.mu.Unlock()
+		return
+	}
+	delete(a.conns, c.id)
+	for _, ch := range c.subs {
+		a.leaveLocked(c, ch, &e)
+	}
+	c.subs = nil
+	if c.user != "" {
+		a.dropUserLocked(c)
+	}
+	a.mu.Unlock()
+	a.apply(&e)
+}
+
+func (a *app) dropUserLocked(c *conn) {
+	list := slices.DeleteFunc(a.users[c.user], func(x *conn) bool { return x == c })
+	if len(list) == 0 {
+		delete(a.users, c.user)
+	} else {
+		a.users[c.user] = list
+	}
+}
+
+// subscribe adds c to the channel and answers pusher_internal:subscription_succeeded.
+func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember) {
+	var e effects
+	a.mu.Lock()
+	ch := a.channels[name]
+	if ch != nil {
+		if uid, ok := ch.subs[c]; ok {
+			// Subscribing twice is harmless: answer again.
+			if kind == kindPresence && uid != m.UserID {
+				a.mu.Unlock()
+				c.send(subscriptionErrorFrame(name, "AuthError",
+					"already subscribed as user "+quote(uid), 400))
+				return
+			}
+			c.send(a.succeededFrameLocked(ch))
+			a.mu.Unlock()
+			return
+		}
+	}
+	if len(c.subs) >= maxSubscriptionsPerConn {
+		a.mu.Unlock()
+		c.send(subscriptionErrorFrame(name, "LimitReached",
+			"a connection may hold at most "+itoa(maxSubscriptionsPerConn)+" subscriptions", 403))
+		return
+	}
+	if kind == kindPresence && ch != nil && ch.members[m.UserID] == nil && len(ch.members) >= MaxPresenceMembers {
+		a.mu.Unlock()
+		c.send(subscriptionErrorFrame(name, "LimitReached",
+			"presence channel is full: at most "+itoa(MaxPresenceMembers)+" members", 403))
+		return
+	}
+	if ch == nil {
+		ch = &channel{name: name, kind: kind, subs: make(map[*conn]string, 1)}
+		if kind == kindPresence {
+			ch.members = make(map[string]*member)
+		}
+		a.channels[name] = ch
+		e.webhooks = append(e.webhooks, WebhookEvent{Name: WebhookChannelOccupied, Channel: name})
+	}
+	ch.subs[c] = m.UserID
+	c.subs = append(c.subs, ch)
+	if c.owner != "" {
+		a.owners[c.owner]++
+	}
+	if kind == kindPresence {
+		mb := ch.members[m.UserID]
+		if mb == nil {
+			mb = &member{info: m.UserInfo}
+			ch.members[m.UserID] = mb
+			data, _ := json.Marshal(struct {
+				UserID   string          `json:"user_id"`
+				UserInfo json.RawMessage `json:"user_info"`
+			}{m.UserID, m.UserInfo})
+			e.messages = append(e.messages, Message{Kind: KindEvent, AppID: a.cfg.ID,
+				Channels: []string{name}, Event: "pusher_internal:member_added", Data: string(data),
+				ExcludeSocketID: c.id})
+			e.webhooks = append(e.webhooks, WebhookEvent{Name: WebhookMemberAdded, Channel: name, UserID: m.UserID})
+		}
+		mb.n++
+	}
+	// Queued under the lock so no event of the channel can overtake it.
+	c.send(a.succeededFrameLocked(ch))
+	a.countChangedLocked(ch)
+	a.mu.Unlock()
+	a.apply(&e)
+}
+
+// succeededFrameLocked is pusher_internal:subscription_succeeded for ch.
+func (a *app) succeededFrameLocked(ch *channel) []byte {
+	if ch.kind != kindPresence {
+		return eventFrame("pusher_internal:subscription_succeeded", ch.name, "{}", "")
+	}
+	ids := make([]string, 0, len(ch.members))
+	hash := make(map[string]json.RawMessage, len(ch.members))
+	for id, mb := range ch.members {
+		ids = append(ids, id)
+		hash[id] = mb.info
+	}
+	slices.Sort(ids)
+	type presence struct {
+		IDs   []string                   `json:"ids"`
+		Hash  map[string]json.RawMessage `json:"hash"`
+		Count int                        `json:"count"`
+	}
+	data, _ := json.Marshal(struct {
+		Presence presence `json:"presence"`
+	}{presence{ids, hash, len(ids)}})
+	return eventFrame("pusher_internal:subscription_succeeded", ch.name, string(data), "")
+}
+
+// unsubscribe removes c from the channel, if it is subscribed.
+func (a *app) unsubscribe(c *conn, name string) {
+	var e effects
+	a.mu.Lock()
+	ch := a.channels[name]
+	if ch == nil {
+		a.mu.Unlock()
+		return
+	}
+	if _, ok := ch.subs[c]; !ok {
+		a.mu.Unlock()
+		return
+	}
+	c.subs = slices.DeleteFunc(c.subs, func(x *channel) bool { return x == ch })
+	if len(c.subs) == 0 {
+		c.subs = nil
+	}
+	a.leaveLocked(c, ch, &e)
+	a.mu.Unlock()
+	a.apply(&e)
+}
+
+// leaveLocked removes c from ch; the caller updates c.subs.
+func (a *app) leaveLocked(c *conn, ch *channel, e *effects) {
+	uid := ch.subs[c]
+	delete(ch.subs, c)
+	if c.owner != "" && ch.kind != kindServerToUser {
+		if a.owners[c.owner]--; a.owners[c.owner] <= 0 {
+			delete(a.owners, c.owner)
+		}
+	}
+	if ch.kind == kindPresence {
+		if mb := ch.members[uid]; mb != nil {
+			if mb.n--; mb.n <= 0 {
+				delete(ch.members, uid)
+				data, _ := json.Marshal(struct {
+					UserID string `json:"user_id"`
+				}{uid})
+				if len(ch.subs) > 0 {
+					e.messages = append(e.messages, Message{Kind: KindEvent, AppID: a.cfg.ID,
+						Channels: []string{ch.name}, Event: "pusher_internal:member_removed", Data: string(data)})
+				}
+				e.webhooks = append(e.webhooks, WebhookEvent{Name: WebhookMemberRemoved, Channel: ch.name, UserID: uid})
+			}
+		}
+	}
+	if len(ch.subs) == 0 {
+		delete(a.channels, ch.name)
+		delete(a.dirty, ch)
+		if ch.kind != kindServerToUser {
+			e.webhooks = append(e.webhooks, WebhookEvent{Name: WebhookChannelVacated, Channel: ch.name})
+		}
+		return
+	}
+	a.countChangedLocked(ch)
+}
+
+// countChangedLocked sends or schedules pusher_internal:subscription_count.
+func (a *app) countChangedLocked(ch *channel) {
+	if !a.cfg.EnableSubscriptionCount || (ch.kind != kindPublic && ch.kind != kindPrivate) {
+		return
+	}
+	if len(ch.subs) > countImmediateLimit {
+		a.dirty[ch] = struct{}{}
+		return
+	}
+	a.sendCountLocked(ch)
+}
+
+func (a *app) sendCountLocked(ch *channel) {
+	f := eventFrame("pusher_internal:subscription_count", ch.name,
+		`{"subscription_count":`+itoa(int64(len(ch.subs)))+`}`, "")
+	for c := range ch.subs {
+		c.send(f)
+	}
+}
+
+// flushCounts sends the counts that were deferred.
+func (a *app) flushCounts() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for ch := range a.dirty {
+		a.sendCountLocked(ch)
+	}
+	clear(a.dirty)
+}
+
+// signin records that c is signed in as user id and joins it to the
+// user's #server-to-user channel.
+func (a *app) signin(c *conn, id, userData string) {
+	var e effects
+	a.mu.Lock()
+	if c.user != id {
+		if c.user != "" {
+			if ch := a.channels[prefixServerToUser+c.user]; ch != nil {
+				if _, ok := ch.subs[c]; ok {
+					c.subs = slices.DeleteFunc(c.subs, func(x *channel) bool { return x == ch })
+					a.leaveLocked(c, ch, &e)
+				}
+			}
+			a.dropUserLocked(c)
+		}
+		c.user = id
+		a.users[id] = append(a.users[id], c)
+		a.joinServerToUserLocked(c)
+	}
+	data, _ := json.Marshal(struct {
+		UserData string `json:"user_data"`
+	}{userData})
+	c.send(eventFrame("pusher:signin_success", "", string(data), ""))
+	a.mu.Unlock()
+	a.apply(&e)
+}
+
+func (a *app) joinServerToUserLocked(c *conn) {
+	name := prefixServerToUser + c.user
+	ch := a.channels[name]
+	if ch == nil {
+		ch = &channel{name: name, kind: kindServerToUser, subs: make(map[*conn]string, 1)}
+		a.channels[name] = ch
+	}
+	if _, ok := ch.subs[c]; !ok {
+		ch.subs[c] = ""
+		c.subs = append(c.subs, ch)
+	}
+}
+
+// subscribeServerToUser answers pusher-js's subscription to the user's
+// own #server-to-user channel; the connection joined it at signin.
+func (a *app) subscribeServerToUser(c *conn, name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c.user == "" || name != prefixServerToUser+c.user {
+		c.send(subscriptionErrorFrame(name, "AuthError",
+			"a #server-to-user channel is open only to its signed-in user", 403))
+		return
+	}
+	a.joinServerToUserLocked(c)
+	c.send(eventFrame("pusher_internal:subscription_succeeded", name, "{}", ""))
+}
+
+// subscribedAs reports whether c is subscribed to name, with its presence
+// user id.
+func (a *app) subscribedAs(c *conn, name string) (string, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	ch := a.channels[name]
+	if ch == nil {
+		return "", false
+	}
+	uid, ok := ch.subs[c]
+	return uid, ok
+}
+
+func (a *app) ownerOf(c *conn) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return c.owner
+}
+
+// bind attributes socket id to owner; it reports whether the socket is here.
+func (a *app) bind(id, owner string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.conns[id]
+	if c == nil {
+		return false
+	}
+	if c.owner == owner {
+		return true
+	}
+	n := 0
+	for _, ch := range c.subs {
+		if ch.kind != kindServerToUser {
+			n++
+		}
+	}
+	if c.owner != "" {
+		if a.owners[c.owner] -= n; a.owners[c.owner] <= 0 {
+			delete(a.owners, c.owner)
+		}
+	}
+	c.owner = owner
+	if owner != "" && n > 0 {
+		a.owners[owner] += n
+	}
+	return true
+}
+
+// fanout queues frame for every subscriber of the channel but exclude.
+func (a *app) fanout(name string, frame []byte, exclude string) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	ch := a.channels[name]
+	if ch == nil {
+		return
+	}
+	for c := range ch.subs {
+		if c.id != exclude {
+			c.send(frame)
+		}
+	}
+}
+
+// terminateUser closes the connections signed in as user.
+func (a *app) terminateUser(user string) int {
+	a.mu.RLock()
+	list := slices.Clone(a.users[user])
+	a.mu.RUnlock()
+	for _, c := range list {
+		c.closeWith(CodeUnauthorized, "connections of this user were terminated")
+	}
+	return len(list)
+}
+
+func (a *app) allConns() []*conn {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]*conn, 0, len(a.conns))
+	for _, c := range a.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// ChannelInfo is the state of one channel on this node.
+type ChannelInfo struct {
+	Name     string
+	Occupied bool
+	// SubscriptionCount counts subscribed connections.
+	SubscriptionCount int
+	// UserCount counts distinct presence members (presence channels only).
+	UserCount int
+}
+
+func (a *app) info(ch *channel) ChannelInfo {
+	ci := ChannelInfo{Name: ch.name, Occupied: len(ch.subs) > 0, SubscriptionCount: len(ch.subs)}
+	if ch.kind == kindPresence {
+		ci.UserCount = len(ch.members)
+	}
+	return ci
+}
+
+func (a *app) channelInfo(name string) ChannelInfo {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if ch := a.channels[name]; ch != nil {
+		return a.info(ch)
+	}
+	return ChannelInfo{Name: name}
+}
+
+func (a *app) channelList(prefix string) []ChannelInfo {
+	a.mu.RLock()
+	out := make([]ChannelInfo, 0, len(a.channels))
+	for name, ch := range a.channels {
+		if ch.kind == kindServerToUser || !strings.HasPrefix(name, prefix) {
+			continue
+		}
+		out = append(out, a.info(ch))
+	}
+	a.mu.RUnlock()
+	slices.SortFunc(out, func(x, y ChannelInfo) int { return strings.Compare(x.Name, y.Name) })
+	return out
+}
+
+func (a *app) presenceUsers(name string) []string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	ch := a.channels[name]
+	if ch == nil {
+		return []string{}
+	}
+	ids := make([]string, 0, len(ch.members))
+	for id := range ch.members {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (a *app) ownerSubscriptions(owner string) int {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.owners[owner]
+}

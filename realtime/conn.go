@@ -1,0 +1,383 @@
+package realtime
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Buffer sizes of an upgraded connection. net/http hands a hijacked
+// connection 4 KiB read and write buffers; Pusher frames are small, and
+// these two buffers are most of an idle connection's memory.
+const (
+	connReadBufSize  = 512
+	connWriteBufSize = 1024
+)
+
+// maxSubscriptionsPerConn bounds the channels one connection may hold, so
+// that one client cannot grow the server's state without limit.
+const maxSubscriptionsPerConn = 1000
+
+// conn is one client connection. Its read loop is the only goroutine it
+// always holds; a writer goroutine runs only while frames are queued.
+type conn struct {
+	srv *Server
+	app *app
+	ws  *websocket.Conn
+	nc  net.Conn // the raw connection, closed to force an end
+	id  string   // socket_id
+
+	lastSeen atomic.Int64 // unix nanos of the last message received
+	pingSent atomic.Int64 // unix nanos of an unanswered pusher:ping, or 0
+
+	// Guarded by app.mu.
+	subs  []*channel
+	user  string // signed in with pusher:signin
+	owner string // bound with Server.BindSocket
+
+	// Used by the read loop only.
+	rateSec int64
+	rateN   int
+
+	mu        sync.Mutex // guards the fields below
+	queue     [][]byte
+	writing   bool // a writer goroutine is running
+	closing   bool
+	closeCode websocket.StatusCode
+	closeMsg  string
+	writers   sync.WaitGroup
+}
+
+// send queues frame for the client without blocking. A connection whose
+// queue is full is closed with 4200: a slow reader must not hold up
+// publishers. frame is shared and must not be modified afterwards.
+func (c *conn) send(frame []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	if len(c.queue) >= c.srv.cfg.SendQueueSize {
+		c.queue = nil
+		c.startCloseLocked(CodeReconnect, "slow consumer: send queue full")
+		return
+	}
+	c.queue = append(c.queue, frame)
+	c.startWriterLocked()
+}
+
+func (c *conn) sendError(code int, msg string) { c.send(errorFrame(code, msg)) }
+
+// closeWith sends the queued frames, then closes the connection with code.
+func (c *conn) closeWith(code int, reason string) {
+	c.mu.Lock()
+	c.startCloseLocked(websocket.StatusCode(code), reason)
+	c.mu.Unlock()
+}
+
+func (c *conn) startCloseLocked(code websocket.StatusCode, reason string) {
+	if c.closing {
+		return
+	}
+	c.closing, c.closeCode, c.closeMsg = true, code, reason
+	c.startWriterLocked()
+}
+
+func (c *conn) startWriterLocked() {
+	if c.writing {
+		return
+	}
+	c.writing = true
+	c.writers.Add(1)
+	go c.writeLoop()
+}
+
+// writeLoop writes queued frames until the queue is empty, and performs
+// the close handshake once the connection is closing.
+func (c *conn) writeLoop() {
+	defer c.writers.Done()
+	var batch [][]byte
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 {
+			if !c.closing {
+				c.writing = false
+				c.queue = nil // an idle connection keeps no queue array
+				c.mu.Unlock()
+				return
+			}
+			code, msg := c.closeCode, c.closeMsg
+			c.mu.Unlock()
+			c.finishClose(code, msg)
+			return
+		}
+		batch, c.queue = c.queue, batch[:0]
+		c.mu.Unlock()
+
+		// A write deadline on the raw connection instead of a context per
+		// frame: no allocation, and a stalled reader fails the write.
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+		for i, f := range batch {
+			if err := c.ws.Write(context.Background(), websocket.MessageText, f); err != nil {
+				c.mu.Lock()
+				c.queue = nil
+				c.startCloseLocked(websocket.StatusGoingAway, "")
+				c.mu.Unlock()
+				clear(batch[i:])
+				break
+			}
+		}
+		clear(batch)
+		if cap(batch) > 16 {
+			batch = nil // do not keep a burst's backing array
+		}
+	}
+}
+
+// finishClose runs the WebSocket close handshake (bounded by the
+// library's timeouts), then drops the raw connection.
+func (c *conn) finishClose(code websocket.StatusCode, msg string) {
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	if code == websocket.StatusGoingAway && msg == "" {
+		_ = c.ws.CloseNow()
+	} else {
+		_ = c.ws.Close(code, msg)
+	}
+	_ = c.nc.Close()
+}
+
+// readLoop reads and handles client messages until the connection ends.
+func (c *conn) readLoop() {
+	defer c.srv.wg.Done()
+	defer c.finish()
+	limit := int64(c.srv.cfg.MaxMessageSize)
+	for {
+		_, r, err := c.ws.Reader(context.Background())
+		if err != nil {
+			return
+		}
+		data, err := io.ReadAll(io.LimitReader(r, limit+1))
+		if err != nil {
+			return
+		}
+		now := c.srv.cfg.Now().UnixNano()
+		c.lastSeen.Store(now)
+		c.pingSent.Store(0)
+		if int64(len(data)) > limit {
+			n, err := io.Copy(io.Discard, r)
+			if err != nil {
+				return
+			}
+			c.sendError(CodeBadMessage, "message too large: "+itoa(int64(len(data))+n)+
+				" bytes, the limit is "+itoa(limit))
+			continue
+		}
+		c.handle(data)
+	}
+}
+
+// finish unregisters the connection and waits for its writer.
+func (c *conn) finish() {
+	c.mu.Lock()
+	c.queue = nil
+	c.startCloseLocked(websocket.StatusGoingAway, "")
+	c.mu.Unlock()
+	c.app.unregister(c)
+	c.writers.Wait()
+	_ = c.nc.Close()
+}
+
+// handle acts on one client message.
+func (c *conn) handle(data []byte) {
+	var m inMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		c.sendError(CodeBadMessage, "invalid JSON: "+err.Error())
+		return
+	}
+	switch m.Event {
+	case "pusher:ping":
+		c.send(pongFrame)
+	case "pusher:pong":
+		// Activity was recorded on receipt.
+	case "pusher:subscribe":
+		c.subscribe(m.Data)
+	case "pusher:unsubscribe":
+		var d subscribeData
+		if err := decodeData(m.Data, &d); err != nil || d.Channel == "" {
+			c.sendError(CodeBadMessage, "pusher:unsubscribe needs data.channel")
+			return
+		}
+		c.app.unsubscribe(c, d.Channel)
+	case "pusher:signin":
+		c.signin(m.Data)
+	case "":
+		c.sendError(CodeBadMessage, "message has no event")
+	default:
+		if strings.HasPrefix(m.Event, prefixClientEvent) {
+			c.clientEvent(&m)
+			return
+		}
+		c.sendError(CodeBadMessage, "unsupported event "+quote(m.Event))
+	}
+}
+
+func (c *conn) subscribe(raw json.RawMessage) {
+	var d subscribeData
+	if err := decodeData(raw, &d); err != nil || d.Channel == "" {
+		c.sendError(CodeBadMessage, "pusher:subscribe needs data.channel")
+		return
+	}
+	a := c.app
+	kind := kindOf(d.Channel)
+	if kind == kindServerToUser {
+		a.subscribeServerToUser(c, d.Channel)
+		return
+	}
+	if !validChannelName(d.Channel) {
+		c.send(subscriptionErrorFrame(d.Channel, "InvalidChannel",
+			"invalid channel name: letters, digits and _-=@,.; up to 200 characters", 400))
+		return
+	}
+	var member presenceMember
+	if kind.signed() {
+		msg := c.id + ":" + d.Channel
+		if kind == kindPresence {
+			msg += ":" + d.ChannelData
+		}
+		if d.Auth == "" || !checkAuth(&a.cfg, d.Auth, msg) {
+			c.send(subscriptionErrorFrame(d.Channel, "AuthError",
+				"invalid signature for socket "+c.id+" and channel "+d.Channel, 401))
+			return
+		}
+		if kind == kindPresence {
+			var ok bool
+			if member, ok = parseChannelData(d.ChannelData); !ok {
+				c.send(subscriptionErrorFrame(d.Channel, "AuthError",
+					"presence channel_data must be JSON with a user_id", 400))
+				return
+			}
+		}
+		if h := c.srv.cfg.Hooks.Authorize; h != nil {
+			req := SubscribeRequest{AppID: a.cfg.ID, SocketID: c.id, Channel: d.Channel,
+				UserID: a.ownerOf(c), ChannelData: d.ChannelData}
+			ctx, cancel := context.WithTimeout(context.Background(), DefaultAuthorizeTimeout)
+			err := h(ctx, req)
+			cancel()
+			if err != nil {
+				c.send(subscriptionErrorFrame(d.Channel, "AuthError", err.Error(), 403))
+				return
+			}
+		}
+	}
+	a.subscribe(c, d.Channel, kind, member)
+}
+
+func (c *conn) signin(raw json.RawMessage) {
+	var d signinData
+	if err := decodeData(raw, &d); err != nil || d.UserData == "" || d.Auth == "" {
+		c.sendError(CodeBadMessage, "pusher:signin needs data.auth and data.user_data")
+		return
+	}
+	if !checkAuth(&c.app.cfg, d.Auth, c.id+"::user::"+d.UserData) {
+		c.sendError(CodeUnauthorized, "invalid signin signature for socket "+c.id)
+		return
+	}
+	var ud struct {
+		ID json.RawMessage `json:"id"`
+	}
+	var id string
+	if json.Unmarshal([]byte(d.UserData), &ud) != nil || json.Unmarshal(ud.ID, &id) != nil || !validUserID(id) {
+		c.sendError(CodeUnauthorized, "user_data must be JSON with a string id")
+		return
+	}
+	c.app.signin(c, id, d.UserData)
+}
+
+func (c *conn) clientEvent(m *inMessage) {
+	a := c.app
+	if !a.cfg.EnableClientEvents {
+		c.sendError(CodeBadMessage, "client events are not enabled for this app")
+		return
+	}
+	kind := kindOf(m.Channel)
+	if kind != kindPrivate && kind != kindPresence {
+		c.sendError(CodeBadMessage, "client events are only allowed on private and presence channels")
+		return
+	}
+	if !validEventName(m.Event) {
+		c.sendError(CodeBadMessage, "invalid event name")
+		return
+	}
+	userID, ok := a.subscribedAs(c, m.Channel)
+	if !ok {
+		c.sendError(CodeBadMessage, "not subscribed to channel "+quote(m.Channel))
+		return
+	}
+	sec := c.srv.cfg.Now().Unix()
+	if sec != c.rateSec {
+		c.rateSec, c.rateN = sec, 0
+	}
+	c.rateN++
+	if c.rateN > a.cfg.ClientEventsPerSecond {
+		c.sendError(CodeRateLimited, "client event rejected: more than "+
+			itoa(int64(a.cfg.ClientEventsPerSecond))+" per second")
+		return
+	}
+	msg := Message{Kind: KindEvent, AppID: a.cfg.ID, Channels: []string{m.Channel},
+		Event: m.Event, Data: dataString(m.Data), ExcludeSocketID: c.id}
+	if kind == kindPresence {
+		msg.UserID = userID
+	}
+	c.srv.broadcast(msg)
+}
+
+// smallBufferHijacker gives the WebSocket library small buffers instead
+// of net/http's 4 KiB ones, and keeps the raw connection.
+type smallBufferHijacker struct {
+	http.ResponseWriter
+	nc net.Conn
+}
+
+func (h *smallBufferHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("realtime: response writer cannot be hijacked")
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	var r io.Reader = nc
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		r = io.MultiReader(bytes.NewReader(bytes.Clone(b)), nc)
+	}
+	if err := brw.Writer.Flush(); err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	h.nc = nc
+	return nc, bufio.NewReadWriter(bufio.NewReaderSize(r, connReadBufSize),
+		bufio.NewWriterSize(nc, connWriteBufSize)), nil
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (h *smallBufferHijacker) Unwrap() http.ResponseWriter { return h.ResponseWriter }
+
+func quote(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "…"
+	}
+	return string(appendJSONString(nil, s))
+}
