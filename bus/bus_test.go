@@ -379,3 +379,17 @@ func TestExternal(t *testing.T) {
 	m.Ack()
 	expectNothing(t, ch2, 300*time.Millisecond)
 }
+
+// A stream deleted behind the bus's back is provisioned again by the next
+// Publish after the failed one.
+func TestPublishRecreatesDeletedStream(t *testing.T) {
+	b := openEmbedded(t, t.TempDir(), nil)
+	publish(t, b, "usage.deleted", message.NewMessage("a", nil))
+	if err := b.js.DeleteStream(t.Context(), b.Stream("usage.deleted")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publisher().Publish("usage.deleted", message.NewMessage("b", nil)); err == nil {
+		t.Fatal("Publish to a deleted stream succeeded")
+	}
+	publish(t, b, "usage.deleted", message.NewMessage("c", nil), message.NewMessage("d", nil))
+}

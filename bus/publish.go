@@ -88,6 +88,7 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		}
 		if err != nil {
 			perr.Failed[m.UUID] = err
+			p.forgetDeletedStream(topic, perr)
 			return perr
 		}
 		return nil
@@ -118,9 +119,21 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		}
 	}
 	if len(perr.Failed) > 0 {
+		p.forgetDeletedStream(topic, perr)
 		return perr
 	}
 	return nil
+}
+
+// forgetDeletedStream makes the next Publish provision the topic's stream
+// again when the server said no stream holds the subject (an operator
+// deleted it).
+func (p *publisher) forgetDeletedStream(topic string, perr *PublishError) {
+	if errors.Is(perr, jetstream.ErrNoStreamResponse) || errors.Is(perr, nats.ErrNoResponders) {
+		p.b.mu.Lock()
+		delete(p.b.topics, topic)
+		p.b.mu.Unlock()
+	}
 }
 
 func (p *publisher) marshal(subject string, m *message.Message) (*nats.Msg, error) {
