@@ -169,10 +169,14 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 		if mb == nil {
 			mb = &member{info: m.UserInfo}
 			ch.members[m.UserID] = mb
+			info := m.UserInfo
+			if string(info) == "null" {
+				info = nil
+			}
 			data, _ := json.Marshal(struct {
 				UserID   string          `json:"user_id"`
-				UserInfo json.RawMessage `json:"user_info"`
-			}{m.UserID, m.UserInfo})
+				UserInfo json.RawMessage `json:"user_info,omitempty"`
+			}{m.UserID, info})
 			e.messages = append(e.messages, Message{Kind: KindEvent, AppID: a.cfg.ID,
 				Channels: []string{name}, Event: "pusher_internal:member_added", Data: string(data),
 				ExcludeSocketID: c.id})
