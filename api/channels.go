@@ -15,6 +15,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/buildbridge/buildbridge/event"
+	"github.com/buildbridge/buildbridge/sinks/pusher"
 	"github.com/buildbridge/buildbridge/store"
 )
 
@@ -144,7 +145,7 @@ func (a *API) channelAuth(c *gin.Context) {
 			a.fail(c, errorf(http.StatusForbidden, "encryption_disabled", "encrypted channels are not enabled on this server"))
 			return
 		}
-		sum := sha256.Sum256(append([]byte(ch), cc.EncryptionMasterKey...))
+		sum := pusher.SharedSecret(ch, cc.EncryptionMasterKey)
 		resp["shared_secret"] = base64.StdEncoding.EncodeToString(sum[:])
 	case strings.HasPrefix(ch, "presence-project-"):
 		p, err := a.cfg.Store.ProjectByName(c.Request.Context(), strings.TrimPrefix(ch, "presence-project-"))
