@@ -14,7 +14,7 @@ var Slack = Type{
 	Settings: []Setting{
 		{Name: "token", Kind: KindSecret, Doc: "bot token (xoxb-…); needs a channel"},
 		{Name: "webhook_url", Kind: KindSecret, Doc: "incoming webhook URL (instead of token)"},
-		{Name: "channel", Kind: KindString, Override: true, Param: true, Doc: "channel name or id, e.g. #builds"},
+		{Name: "channel", Kind: KindTemplate, Role: RoleParam, Override: true, Doc: "channel name or id (a template), e.g. #builds"},
 		{Name: "username", Kind: KindString, Override: true, Param: true, Doc: "name the message is posted under"},
 		{Name: "icon_emoji", Kind: KindString, Override: true, Param: true, Doc: "emoji shown as the poster's icon, e.g. :robot_face:"},
 		{Name: "template", Kind: KindTemplate, Role: RoleBody, Override: true, Default: SlackTemplate,
