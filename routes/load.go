@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -188,6 +189,9 @@ func (l *loader) file(root *yaml.Node) {
 		case "routes":
 			routesN = v
 		default:
+			if strings.HasPrefix(k.Value, "x-") {
+				continue // free-form, to hold anchors (&name) for reuse with *name or <<
+			}
 			l.unknownKey(k, "", "top-level key", topKeys)
 		}
 	}
@@ -485,6 +489,7 @@ func (l *loader) match(rt *route, path string, n *yaml.Node) {
 		return
 	}
 	var buildKeys []*yaml.Node
+	badEvent := false
 	for _, p := range pairs(n) {
 		k, v := p[0], p[1]
 		kp := path + "." + k.Value
@@ -505,6 +510,7 @@ func (l *loader) match(rt *route, path string, n *yaml.Node) {
 						msg += " (known: " + strings.Join(KnownEvents, ", ") + `, or "*" for all)`
 					}
 					l.errf(nodes[i], kp, "%s", msg)
+					badEvent = true
 					continue
 				}
 				rt.events = append(rt.events, val)
@@ -546,7 +552,7 @@ func (l *loader) match(rt *route, path string, n *yaml.Node) {
 			l.unknownKey(k, path, "match key", MatchKeys)
 		}
 	}
-	if !rt.anyEvent && !slicesContains(rt.events, event.TypeBuildStateChanged) {
+	if !badEvent && !rt.anyEvent && !slicesContains(rt.events, event.TypeBuildStateChanged) {
 		for _, k := range buildKeys {
 			l.errf(k, path+"."+k.Value, "%s only applies to %s events; add it to event:", k.Value, event.TypeBuildStateChanged)
 		}
@@ -601,7 +607,7 @@ func exprErrorPos(n *yaml.Node, err error) (int, int, string) {
 	if !ok {
 		return n.Line, n.Column, "invalid expression: " + err.Error()
 	}
-	msg := "invalid expression: " + fe.Message
+	msg := "invalid expression: " + exprMessage(fe.Message)
 	if !strings.Contains(n.Value, "\n") {
 		switch n.Style {
 		case 0:
@@ -611,6 +617,50 @@ func exprErrorPos(n *yaml.Node, err error) (int, int, string) {
 		}
 	}
 	return n.Line, n.Column, fmt.Sprintf("%s (expression line %d, column %d)", msg, fe.Line, fe.Column+1)
+}
+
+var (
+	noField     = regexp.MustCompile(`type routes\.expr(\w+) has no field (\w+)`)
+	unknownName = regexp.MustCompile(`^unknown name (\w+)`)
+)
+
+// exprMessage names the parts of the event as the expression does
+// (build, project, …) rather than by their Go types, with a suggestion.
+func exprMessage(msg string) string {
+	m := noField.FindStringSubmatch(msg)
+	if u := unknownName.FindStringSubmatch(msg); u != nil {
+		m = []string{u[0], "Env", u[1]}
+	}
+	if m == nil {
+		return msg
+	}
+	var typ reflect.Type
+	switch m[1] {
+	case "Build":
+		typ = reflect.TypeOf(exprBuild{})
+	case "Job":
+		typ = reflect.TypeOf(exprJob{})
+	case "Project":
+		typ = reflect.TypeOf(exprProject{})
+	case "Previous":
+		typ = reflect.TypeOf(exprPrevious{})
+	case "Env":
+		typ = reflect.TypeOf(exprEnv{})
+	default:
+		return msg
+	}
+	var fields []string
+	for i := 0; i < typ.NumField(); i++ {
+		fields = append(fields, typ.Field(i).Tag.Get("expr"))
+	}
+	out := fmt.Sprintf("%s has no field %q", strings.ToLower(m[1]), m[2])
+	if m[1] == "Env" {
+		out = fmt.Sprintf("unknown name %q", m[2])
+	}
+	if s := sinks.Suggest(m[2], fields); s != "" {
+		return out + fmt.Sprintf(" (did you mean %q?)", s)
+	}
+	return out + " (known: " + strings.Join(fields, ", ") + ")"
 }
 
 func compileCond(src string) (*vm.Program, error) {

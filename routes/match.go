@@ -692,7 +692,7 @@ func (l *loader) trySample(t *target, ev *event.Envelope) bool {
 	defer x.release()
 	sample := fmt.Sprintf("rendering a sample %s event", ev.Type)
 	if ev.Build != nil {
-		sample = fmt.Sprintf("rendering a sample %s event (%s)", ev.Type, ev.Build.State)
+		sample = fmt.Sprintf("rendering a sample %s event (status %s)", ev.Type, ev.Build.Status)
 	}
 	_, _, bad, err := t.resolve(x)
 	if err != nil {

@@ -56,7 +56,7 @@ func parseYAML(data []byte, el *errList) *yaml.Node {
 		root = root.Content[0]
 	}
 	n := &normalizer{el: el, budget: maxNodes}
-	return n.node(root, 0)
+	return n.node(root, "", 0)
 }
 
 // yamlError turns a yaml.v3 parse error into located errors.
@@ -84,7 +84,7 @@ type normalizer struct {
 }
 
 // node returns a copy of n with aliases expanded and merges applied.
-func (z *normalizer) node(n *yaml.Node, depth int) *yaml.Node {
+func (z *normalizer) node(n *yaml.Node, path string, depth int) *yaml.Node {
 	if z.over {
 		return nil
 	}
@@ -100,27 +100,27 @@ func (z *normalizer) node(n *yaml.Node, depth int) *yaml.Node {
 			z.el.add(n.Line, n.Column, "", "unknown alias")
 			return nil
 		}
-		return z.node(n.Alias, depth+1)
+		return z.node(n.Alias, path, depth+1)
 	case yaml.ScalarNode:
 		c := *n
 		return &c
 	case yaml.SequenceNode:
 		c := *n
 		c.Content = make([]*yaml.Node, 0, len(n.Content))
-		for _, it := range n.Content {
-			if v := z.node(it, depth+1); v != nil {
+		for i, it := range n.Content {
+			if v := z.node(it, path+"["+strconv.Itoa(i)+"]", depth+1); v != nil {
 				c.Content = append(c.Content, v)
 			}
 		}
 		return &c
 	case yaml.MappingNode:
-		return z.mapping(n, depth)
+		return z.mapping(n, path, depth)
 	}
 	z.el.add(n.Line, n.Column, "", "unexpected YAML node")
 	return nil
 }
 
-func (z *normalizer) mapping(n *yaml.Node, depth int) *yaml.Node {
+func (z *normalizer) mapping(n *yaml.Node, path string, depth int) *yaml.Node {
 	c := *n
 	c.Content = nil
 	type entry struct{ k, v *yaml.Node }
@@ -129,7 +129,7 @@ func (z *normalizer) mapping(n *yaml.Node, depth int) *yaml.Node {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
-			src := z.node(v, depth+1)
+			src := z.node(v, path, depth+1)
 			if src == nil {
 				continue
 			}
@@ -156,12 +156,12 @@ func (z *normalizer) mapping(n *yaml.Node, depth int) *yaml.Node {
 			continue
 		}
 		if first, ok := ownAt[k.Value]; ok {
-			z.el.add(k.Line, k.Column, k.Value, "duplicate key (first at line %d)", first.Line)
+			z.el.add(k.Line, k.Column, join(path, k.Value), "duplicate key (first at line %d)", first.Line)
 			continue
 		}
 		ownAt[k.Value] = k
 		kv := *k
-		if vv := z.node(v, depth+1); vv != nil {
+		if vv := z.node(v, join(path, k.Value), depth+1); vv != nil {
 			own = append(own, entry{&kv, vv})
 		}
 	}
