@@ -48,11 +48,18 @@ type Config struct {
 
 // RealtimeConfig configures the embedded Pusher-protocol server.
 type RealtimeConfig struct {
-	AppID       string `yaml:"app_id" help:"Pusher app id of the embedded server"`
-	Key         string `yaml:"key" help:"Pusher app key"`
-	Secret      string `yaml:"secret" help:"Pusher app secret (default: generated and kept in the data directory)"`
-	Cluster     string `yaml:"cluster" help:"cluster name reported to clients"`
-	MaxChannels int    `yaml:"max_channels" help:"open channels per user (per-user overrides in the store)"`
+	AppID   string `yaml:"app_id" help:"Pusher app id of the embedded server"`
+	Key     string `yaml:"key" help:"Pusher app key"`
+	Secret  string `yaml:"secret" help:"Pusher app secret (default: generated and kept in the data directory)"`
+	Cluster string `yaml:"cluster" help:"cluster name reported to clients"`
+	// EncryptionMasterKey is base64 of 32 bytes; private-encrypted-
+	// channels are sealed with keys derived from it.
+	EncryptionMasterKey string `yaml:"encryption_master_key" help:"base64 of 32 bytes for private-encrypted channels (default: generated and kept in the data directory)"`
+	// AllowedOrigins lists browser origins that may open WebSockets and
+	// call the auth endpoint from another site.
+	AllowedOrigins string `yaml:"allowed_origins" help:"comma-separated browser origins allowed to connect (empty: any for WebSockets, same-site only for auth)"`
+	ClientEvents   bool   `yaml:"client_events" help:"let clients send client- events on private and presence channels"`
+	MaxChannels    int    `yaml:"max_channels" help:"open channels per user (per-user overrides in the store)"`
 }
 
 func defaultConfig() Config {

@@ -24,6 +24,7 @@ import (
 	"github.com/buildbridge/buildbridge/builds/queue"
 	"github.com/buildbridge/buildbridge/builds/runner"
 	"github.com/buildbridge/buildbridge/bus"
+	"github.com/buildbridge/buildbridge/realtime"
 	"github.com/buildbridge/buildbridge/store"
 )
 
@@ -72,7 +73,12 @@ type hub struct {
 	br    *bridge.Bridge
 	queue *queue.Queue
 	api   *api.API
+	rt    *realtime.Server
 	mux   *http.ServeMux
+
+	// onShutdown runs, in order, once the HTTP server has stopped
+	// accepting requests: features close what they hold (WebSockets …).
+	onShutdown []func(context.Context)
 
 	adminToken string // set on first start only
 	ln         net.Listener
@@ -268,6 +274,9 @@ func (h *hub) run(ctx context.Context, out io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
+	for _, fn := range h.onShutdown {
+		fn(sctx)
+	}
 	stopQueue()
 	<-qdone
 	// Give the relay and router a moment to publish the last transitions;
