@@ -22,6 +22,15 @@ test: lint build
 	  echo "postgres: $${BUILDBRIDGE_TEST_POSTGRES:-not available}; nats: $${BUILDBRIDGE_TEST_NATS:-not available}"; \
 	  $(GO) test -race -count=1 -timeout 12m ./...
 
+# Client tests: the official pusher-js (and later the dashboard in headless
+# Chromium) against a real `buildbridge serve`.
+test-node: build test/node/node_modules/.installed
+	cd test/node && BUILDBRIDGE_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 --test-timeout=180000 *.test.js
+
+test/node/node_modules/.installed: test/node/package.json test/node/package-lock.json
+	cd test/node && npm ci --no-audit --no-fund
+	touch $@
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...

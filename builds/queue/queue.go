@@ -48,7 +48,7 @@ type Config struct {
 	BuildURL string
 	// OnLog, when set, sees every log chunk as it is stored (the realtime
 	// layer sends them to the dashboard).
-	OnLog      func(b builds.Build, offset int64, chunk []byte)
+	OnLog      func(p builds.Project, b builds.Build, offset int64, chunk []byte)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -251,7 +251,11 @@ func (q *Queue) execute(b builds.Build) {
 
 	p, err := q.cfg.Store.ProjectByID(ctx, b.ProjectID)
 	var out runner.Outcome
-	lw := newLogWriter(q.cfg.Store, b, q.cfg.LogFlush, q.cfg.OnLog, log)
+	var onLog func(builds.Build, int64, []byte)
+	if q.cfg.OnLog != nil {
+		onLog = func(b builds.Build, off int64, chunk []byte) { q.cfg.OnLog(p, b, off, chunk) }
+	}
+	lw := newLogWriter(q.cfg.Store, b, q.cfg.LogFlush, onLog, log)
 	if err == nil {
 		out, err = q.cfg.Runner.Run(ctx, q.spec(b, p), lw)
 	}

@@ -109,7 +109,7 @@ func waitBuild(t *testing.T, s *store.DB, id int64, state builds.State, within t
 func TestRunsBuildsAndStreamsLog(t *testing.T) {
 	f := newFixture(t, "steps:\n  - name: hi\n    run: echo hello $BUILDBRIDGE_PROJECT $BUILDBRIDGE_BUILD_NUMBER\nartifacts: [\".buildbridge.yml\"]\n")
 	var chunks int
-	q, _, _ := f.start(t, Config{Concurrency: 2, OnLog: func(builds.Build, int64, []byte) { chunks++ }})
+	q, _, _ := f.start(t, Config{Concurrency: 2, OnLog: func(builds.Project, builds.Build, int64, []byte) { chunks++ }})
 	a, b := f.queueBuild(t), f.queueBuild(t)
 	q.Wake()
 	for _, id := range []int64{a.ID, b.ID} {

@@ -13,8 +13,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/buildbridge/buildbridge/api"
+	"github.com/buildbridge/buildbridge/builds"
+	"github.com/buildbridge/buildbridge/event"
 	"github.com/buildbridge/buildbridge/realtime"
 	"github.com/buildbridge/buildbridge/sinks/pusher"
 )
@@ -73,6 +76,16 @@ func mountRealtime(ctx context.Context, h *hub) error {
 		return err
 	}
 	pusher.UseEmbedded(srv, rc.AppID, masterKey)
+	// Live logs go straight to the owner's channel: they are many, small
+	// and worthless once the build is over, so they skip the durable
+	// delivery path; a client that missed some reads GET …/log?offset=.
+	h.onLog = func(p builds.Project, b builds.Build, off int64, chunk []byte) {
+		for _, raw := range event.BuildLog(p, b, off, chunk, time.Now()) {
+			if err := srv.Publish(context.Background(), rc.AppID, []string{event.UserChannel(p.OwnerID)}, event.TypeBuildLog, string(raw), ""); err != nil {
+				h.log.Debug("publish build log", "build_id", b.ID, "err", err)
+			}
+		}
+	}
 	h.onShutdown = append(h.onShutdown, func(ctx context.Context) {
 		pusher.UseEmbedded(nil, "", nil)
 		if err := srv.Shutdown(ctx); err != nil {

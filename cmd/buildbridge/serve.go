@@ -21,6 +21,7 @@ import (
 
 	"github.com/buildbridge/buildbridge/api"
 	"github.com/buildbridge/buildbridge/bridge"
+	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/builds/queue"
 	"github.com/buildbridge/buildbridge/builds/runner"
 	"github.com/buildbridge/buildbridge/bus"
@@ -76,6 +77,8 @@ type hub struct {
 	rt    *realtime.Server
 	mux   *http.ServeMux
 
+	// onLog, when a feature sets it, sees each stored chunk of build log.
+	onLog func(p builds.Project, b builds.Build, offset int64, chunk []byte)
 	// onShutdown runs, in order, once the HTTP server has stopped
 	// accepting requests: features close what they hold (WebSockets …).
 	onShutdown []func(context.Context)
@@ -132,6 +135,11 @@ func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err e
 	}
 	h.queue, err = queue.New(queue.Config{Store: h.store, Runner: run, Concurrency: cfg.Concurrency,
 		ShutdownGrace: cfg.ShutdownGrace, Requeue: cfg.OnRestart == "requeue", BuildURL: cfg.BaseURL + "/builds/",
+		OnLog: func(p builds.Project, b builds.Build, off int64, chunk []byte) {
+			if fn := h.onLog; fn != nil {
+				fn(p, b, off, chunk)
+			}
+		},
 		Logger: logger, Registerer: h.reg})
 	if err != nil {
 		return nil, err
