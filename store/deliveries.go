@@ -1,0 +1,509 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Statuses of a SinkDelivery.
+const (
+	// DeliveryPending: waiting for its next attempt (NextAt).
+	DeliveryPending = "pending"
+	// DeliverySucceeded: the destination accepted it.
+	DeliverySucceeded = "succeeded"
+	// DeliveryFailed: the dead letter. A permanent error, the last
+	// attempt of the schedule, or a disabled endpoint; redeliverable.
+	DeliveryFailed = "failed"
+)
+
+// Attempt outcomes.
+const (
+	OutcomeSuccess   = "success"
+	OutcomeRetry     = "retry"     // temporary failure, another attempt is scheduled
+	OutcomeFailed    = "failed"    // temporary failure on the last attempt of the schedule
+	OutcomePermanent = "permanent" // permanent failure, no retry
+	OutcomeGone      = "gone"      // the endpoint is gone (410): disabled
+)
+
+// SinkDelivery is one message for one (sink, target), identified by (event
+// id, sink, target). Payload is what the delivery engine needs to send it
+// again; the store does not read it.
+type SinkDelivery struct {
+	ID int64 `json:"id"`
+	// MessageID is the id the destination sees (webhook-id): the same on
+	// every attempt.
+	MessageID string `json:"message_id"`
+	EventID   string `json:"event_id"`
+	EventType string `json:"event_type"`
+	Sink      string `json:"sink"`
+	SinkType  string `json:"sink_type"`
+	Target    string `json:"target"`
+	Route     string `json:"route"`
+	// OwnerID is the owner of the event's project; 0 for system events,
+	// which only admins see.
+	OwnerID int64 `json:"owner_id"`
+	// BuildID and Seq order the deliveries of one build to one target.
+	BuildID  int64  `json:"build_id,omitempty"`
+	Seq      int64  `json:"seq"`
+	Status   string `json:"status"`
+	Attempts int    `json:"attempt_count"`
+	// Tries counts the attempts of the current round: the position in
+	// the retry schedule. A redelivery starts a new round.
+	Tries     int        `json:"tries"`
+	NextAt    *time.Time `json:"next_attempt_at"`
+	LastCode  int        `json:"last_status_code,omitempty"`
+	LastError string     `json:"last_error,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	UpdatedAt time.Time  `json:"updated_at"`
+	// FinishedAt is when it succeeded or failed for good.
+	FinishedAt *time.Time `json:"finished_at"`
+	Payload    []byte     `json:"-"`
+}
+
+// SinkAttempt is one logged attempt.
+type SinkAttempt struct {
+	ID         int64         `json:"id"`
+	DeliveryID int64         `json:"delivery_id"`
+	Number     int           `json:"number"`
+	Time       time.Time     `json:"time"`
+	Duration   time.Duration `json:"-"`
+	StatusCode int           `json:"status_code,omitempty"`
+	Outcome    string        `json:"outcome"`
+	Error      string        `json:"error,omitempty"`
+	// Header and Body are the destination's answer, capped by the engine.
+	Header http.Header `json:"response_headers,omitempty"`
+	Body   []byte      `json:"-"`
+}
+
+// MarshalJSON adds the duration in milliseconds and the body as text.
+func (a SinkAttempt) MarshalJSON() ([]byte, error) {
+	type plain SinkAttempt
+	return json.Marshal(struct {
+		plain
+		DurationMS float64 `json:"duration_ms"`
+		Body       string  `json:"response_body,omitempty"`
+	}{plain(a), float64(a.Duration.Microseconds()) / 1000, string(a.Body)})
+}
+
+// SinkAttemptRecord is the outcome of one attempt: the attempt to log and
+// the delivery's new state.
+type SinkAttemptRecord struct {
+	Attempt SinkAttempt
+	Status  string
+	Tries   int
+	// NextAt is the next attempt of a pending delivery.
+	NextAt *time.Time
+}
+
+const deliveryCols = `id, message_id, event_id, event_type, sink, sink_type, target, route, owner_id, build_id, seq,
+	status, attempts, tries, next_at, last_code, last_error, created_at, updated_at, finished_at`
+
+func scanSinkDelivery(row interface{ Scan(...any) error }, extra ...any) (SinkDelivery, error) {
+	var d SinkDelivery
+	var next, fin sql.NullInt64
+	var created, updated int64
+	dest := append([]any{&d.ID, &d.MessageID, &d.EventID, &d.EventType, &d.Sink, &d.SinkType, &d.Target, &d.Route,
+		&d.OwnerID, &d.BuildID, &d.Seq, &d.Status, &d.Attempts, &d.Tries, &next, &d.LastCode, &d.LastError,
+		&created, &updated, &fin}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return d, err
+	}
+	d.NextAt, d.FinishedAt = fromNullMS(next), fromNullMS(fin)
+	d.CreatedAt, d.UpdatedAt = fromMS(created), fromMS(updated)
+	return d, nil
+}
+
+// CreateSinkDeliveries persists new deliveries in one transaction and returns
+// those it created, with their ids. A delivery whose (event id, sink,
+// target) exists already is skipped: a redelivered event creates nothing.
+// Status defaults to pending; CreatedAt and UpdatedAt are set here.
+func (s *DB) CreateSinkDeliveries(ctx context.Context, list []SinkDelivery) ([]SinkDelivery, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	var out []SinkDelivery
+	now := s.now()
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		out = out[:0]
+		stmt, err := tx.PrepareContext(ctx, s.q(`INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target,
+			route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, payload, created_at, updated_at, finished_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (event_id, sink, target) DO NOTHING RETURNING id`))
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, d := range list {
+			if d.Status == "" {
+				d.Status = DeliveryPending
+			}
+			if d.Payload == nil {
+				d.Payload = []byte{}
+			}
+			d.CreatedAt, d.UpdatedAt = now, now
+			if d.Status != DeliveryPending {
+				d.NextAt, d.FinishedAt = nil, &now
+			}
+			err := stmt.QueryRowContext(ctx, d.MessageID, d.EventID, d.EventType, d.Sink, d.SinkType, d.Target,
+				d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError, d.Payload,
+				ms(now), ms(now), nullMS(d.FinishedAt)).Scan(&d.ID)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // exists already
+			}
+			if err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create deliveries: %w", err)
+	}
+	return out, nil
+}
+
+// SinkDelivery returns one delivery with its payload.
+func (s *DB) SinkDelivery(ctx context.Context, id int64) (SinkDelivery, error) {
+	var payload []byte
+	d, err := scanSinkDelivery(s.db.QueryRowContext(ctx, s.q(`SELECT `+deliveryCols+`, payload FROM deliveries WHERE id = ?`), id), &payload)
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, fmt.Errorf("delivery %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return d, fmt.Errorf("delivery %d: %w", id, err)
+	}
+	d.Payload = payload
+	return d, nil
+}
+
+// SinkDeliveryPayload returns the payload of one delivery.
+func (s *DB) SinkDeliveryPayload(ctx context.Context, id int64) ([]byte, error) {
+	var p []byte
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT payload FROM deliveries WHERE id = ?`), id).Scan(&p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("delivery %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("delivery %d payload: %w", id, err)
+	}
+	return p, nil
+}
+
+// SinkDeliveryFilter narrows ListSinkDeliveries. Zero fields do not filter.
+type SinkDeliveryFilter struct {
+	// OwnerID limits the list to one user's deliveries.
+	OwnerID                                  int64
+	Sink, Target, Status, EventID, EventType string
+	// Since and Until bound the creation time: Since ≤ created < Until.
+	Since, Until time.Time
+	// Before is a cursor: only deliveries with a smaller id are listed.
+	Before int64
+	// Limit is 1 to 500 (default 50).
+	Limit int
+}
+
+// ListSinkDeliveries lists deliveries newest first, without payloads.
+func (s *DB) ListSinkDeliveries(ctx context.Context, f SinkDeliveryFilter) ([]SinkDelivery, error) {
+	where, args := []string{"1 = 1"}, []any{}
+	add := func(cond string, v any) { where, args = append(where, cond), append(args, v) }
+	if f.OwnerID != 0 {
+		add("owner_id = ?", f.OwnerID)
+	}
+	for _, c := range []struct{ col, v string }{{"sink", f.Sink}, {"target", f.Target}, {"status", f.Status},
+		{"event_id", f.EventID}, {"event_type", f.EventType}} {
+		if c.v != "" {
+			add(c.col+" = ?", c.v)
+		}
+	}
+	if !f.Since.IsZero() {
+		add("created_at >= ?", ms(f.Since))
+	}
+	if !f.Until.IsZero() {
+		add("created_at < ?", ms(f.Until))
+	}
+	if f.Before > 0 {
+		add("id < ?", f.Before)
+	}
+	if f.Limit <= 0 || f.Limit > 500 {
+		f.Limit = 50
+	}
+	args = append(args, f.Limit)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+deliveryCols+` FROM deliveries WHERE `+strings.Join(where, " AND ")+
+		` ORDER BY id DESC LIMIT ?`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("list deliveries: %w", err)
+	}
+	return collectSinkDeliveries(rows, "list deliveries")
+}
+
+func collectSinkDeliveries(rows *sql.Rows, what string) ([]SinkDelivery, error) {
+	defer rows.Close()
+	out := []SinkDelivery{}
+	for rows.Next() {
+		d, err := scanSinkDelivery(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
+}
+
+// PendingSinkDeliveries lists pending deliveries by id, without payloads:
+// those with an id above after, due before dueBefore when it is not zero.
+func (s *DB) PendingSinkDeliveries(ctx context.Context, after int64, dueBefore time.Time, limit int) ([]SinkDelivery, error) {
+	q, args := `SELECT `+deliveryCols+` FROM deliveries WHERE status = ? AND id > ?`, []any{DeliveryPending, after}
+	if !dueBefore.IsZero() {
+		q, args = q+` AND next_at < ?`, append(args, ms(dueBefore))
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(q+` ORDER BY id LIMIT ?`), append(args, limit)...)
+	if err != nil {
+		return nil, fmt.Errorf("pending deliveries: %w", err)
+	}
+	return collectSinkDeliveries(rows, "pending deliveries")
+}
+
+// RecordSinkAttempts logs attempts and updates their deliveries, all in one
+// transaction (the engine batches them).
+func (s *DB) RecordSinkAttempts(ctx context.Context, recs []SinkAttemptRecord) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	now := s.now()
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		ins, err := tx.PrepareContext(ctx, s.q(`INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_us,
+			status_code, outcome, error, resp_headers, resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`))
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		upd, err := tx.PrepareContext(ctx, s.q(`UPDATE deliveries SET status = ?, attempts = attempts + 1, tries = ?, next_at = ?,
+			last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ? RETURNING attempts`))
+		if err != nil {
+			return err
+		}
+		defer upd.Close()
+		for _, r := range recs {
+			a := r.Attempt
+			var fin *time.Time
+			next := r.NextAt
+			if r.Status != DeliveryPending {
+				fin, next = &now, nil
+			}
+			var number int
+			err := upd.QueryRowContext(ctx, r.Status, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID).Scan(&number)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // deleted meanwhile
+			}
+			if err != nil {
+				return err
+			}
+			hdr := ""
+			if len(a.Header) > 0 {
+				b, err := json.Marshal(a.Header)
+				if err != nil {
+					return err
+				}
+				hdr = string(b)
+			}
+			if _, err := ins.ExecContext(ctx, a.DeliveryID, number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
+				a.Outcome, a.Error, hdr, a.Body); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record attempts: %w", err)
+	}
+	return nil
+}
+
+// SinkAttempts returns the attempts of one delivery, oldest first.
+func (s *DB) SinkAttempts(ctx context.Context, id int64) ([]SinkAttempt, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, delivery_id, number, started_at, duration_us, status_code, outcome, error,
+		resp_headers, resp_body FROM delivery_attempts WHERE delivery_id = ? ORDER BY id`), id)
+	if err != nil {
+		return nil, fmt.Errorf("delivery attempts: %w", err)
+	}
+	defer rows.Close()
+	out := []SinkAttempt{}
+	for rows.Next() {
+		var a SinkAttempt
+		var started, us int64
+		var hdr string
+		if err := rows.Scan(&a.ID, &a.DeliveryID, &a.Number, &started, &us, &a.StatusCode, &a.Outcome, &a.Error, &hdr, &a.Body); err != nil {
+			return nil, fmt.Errorf("delivery attempts: %w", err)
+		}
+		a.Time, a.Duration = fromMS(started), time.Duration(us)*time.Microsecond
+		if hdr != "" {
+			if err := json.Unmarshal([]byte(hdr), &a.Header); err != nil {
+				return nil, fmt.Errorf("delivery attempts: headers of attempt %d: %w", a.ID, err)
+			}
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// RedeliverSinkDelivery makes a delivery pending again, due at at, with a new
+// round of the retry schedule. A pending delivery is only made due.
+func (s *DB) RedeliverSinkDelivery(ctx context.Context, id int64, at time.Time) (SinkDelivery, error) {
+	d, err := scanSinkDelivery(s.db.QueryRowContext(ctx, s.q(`UPDATE deliveries SET status = ?, tries = 0, next_at = ?, updated_at = ?,
+		finished_at = NULL WHERE id = ? RETURNING `+deliveryCols), DeliveryPending, ms(at), ms(s.now()), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, fmt.Errorf("delivery %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return d, fmt.Errorf("redeliver %d: %w", id, err)
+	}
+	return d, nil
+}
+
+// SinkRecoverFilter selects the failed deliveries RecoverSinkDeliveries redelivers.
+type SinkRecoverFilter struct {
+	// Sink is required.
+	Sink string
+	// Since: deliveries that failed at or after it.
+	Since time.Time
+	// OwnerID limits recovery to one user's deliveries when not 0.
+	OwnerID int64
+}
+
+// RecoverSinkDeliveries makes every failed delivery of a sink that failed
+// since f.Since pending again, due at at, except those of disabled
+// endpoints. It returns them.
+func (s *DB) RecoverSinkDeliveries(ctx context.Context, f SinkRecoverFilter, at time.Time) ([]SinkDelivery, error) {
+	if f.Sink == "" {
+		return nil, errors.New("recover deliveries: sink is required")
+	}
+	q := `UPDATE deliveries SET status = ?, tries = 0, next_at = ?, updated_at = ?, finished_at = NULL
+		WHERE status = ? AND sink = ? AND finished_at >= ?
+		AND NOT EXISTS (SELECT 1 FROM delivery_endpoints e WHERE e.sink = deliveries.sink AND e.target = deliveries.target
+			AND e.disabled_at IS NOT NULL)`
+	args := []any{DeliveryPending, ms(at), ms(s.now()), DeliveryFailed, f.Sink, ms(f.Since)}
+	if f.OwnerID != 0 {
+		q, args = q+` AND owner_id = ?`, append(args, f.OwnerID)
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(q+` RETURNING `+deliveryCols), args...)
+	if err != nil {
+		return nil, fmt.Errorf("recover deliveries: %w", err)
+	}
+	return collectSinkDeliveries(rows, "recover deliveries")
+}
+
+// SinkEndpoint is the health of one (sink, target).
+type SinkEndpoint struct {
+	Sink   string `json:"sink"`
+	Target string `json:"target"`
+	// FailingSince is the first failure with no success after it.
+	FailingSince *time.Time `json:"failing_since"`
+	DisabledAt   *time.Time `json:"disabled_at"`
+	Reason       string     `json:"disabled_reason,omitempty"`
+	// EventID is the endpoint-disabled event of the last disabling;
+	// NotifiedAt is set once that event's deliveries were persisted.
+	EventID    string     `json:"event_id,omitempty"`
+	NotifiedAt *time.Time `json:"notified_at,omitempty"`
+}
+
+// SinkEndpoints lists the endpoints with a recorded state, of one
+// sink or of all when sink is empty.
+func (s *DB) SinkEndpoints(ctx context.Context, sink string) ([]SinkEndpoint, error) {
+	q, args := `SELECT sink, target, failing_since, disabled_at, disabled_reason, event_id, notified_at FROM delivery_endpoints`, []any{}
+	if sink != "" {
+		q, args = q+` WHERE sink = ?`, append(args, sink)
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(q+` ORDER BY sink, target`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("delivery endpoints: %w", err)
+	}
+	defer rows.Close()
+	out := []SinkEndpoint{}
+	for rows.Next() {
+		var e SinkEndpoint
+		var failing, disabled, notified sql.NullInt64
+		if err := rows.Scan(&e.Sink, &e.Target, &failing, &disabled, &e.Reason, &e.EventID, &notified); err != nil {
+			return nil, fmt.Errorf("delivery endpoints: %w", err)
+		}
+		e.FailingSince, e.DisabledAt, e.NotifiedAt = fromNullMS(failing), fromNullMS(disabled), fromNullMS(notified)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// SetSinkEndpointFailing records when an endpoint started failing; nil
+// clears it after a success.
+func (s *DB) SetSinkEndpointFailing(ctx context.Context, sink, target string, since *time.Time) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO delivery_endpoints (sink, target, failing_since) VALUES (?, ?, ?)
+		ON CONFLICT (sink, target) DO UPDATE SET failing_since = excluded.failing_since`), sink, target, nullMS(since))
+	if err != nil {
+		return fmt.Errorf("endpoint %s %s: %w", sink, target, err)
+	}
+	return nil
+}
+
+// DisableSinkEndpoint disables an endpoint and, in the same transaction,
+// fails its pending deliveries. changed is false when it was disabled
+// already (nothing is written then).
+func (s *DB) DisableSinkEndpoint(ctx context.Context, sink, target, reason, eventID string, at time.Time) (changed bool, failed int, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO delivery_endpoints (sink, target, disabled_at, disabled_reason, event_id, notified_at)
+			VALUES (?, ?, ?, ?, ?, NULL)
+			ON CONFLICT (sink, target) DO UPDATE SET disabled_at = excluded.disabled_at, disabled_reason = excluded.disabled_reason,
+				event_id = excluded.event_id, notified_at = NULL
+			WHERE delivery_endpoints.disabled_at IS NULL`), sink, target, ms(at), reason, eventID)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil || n == 0 {
+			return err
+		}
+		changed = true
+		res, err = tx.ExecContext(ctx, s.q(`UPDATE deliveries SET status = ?, next_at = NULL, last_error = ?, updated_at = ?, finished_at = ?
+			WHERE status = ? AND sink = ? AND target = ?`), DeliveryFailed, "endpoint disabled: "+reason, ms(s.now()), ms(at),
+			DeliveryPending, sink, target)
+		if err != nil {
+			return err
+		}
+		nf, err := res.RowsAffected()
+		failed = int(nf)
+		return err
+	})
+	if err != nil {
+		return false, 0, fmt.Errorf("disable endpoint %s %s: %w", sink, target, err)
+	}
+	return changed, failed, nil
+}
+
+// EnableSinkEndpoint enables an endpoint again and forgets its failures.
+// Deliveries failed meanwhile stay failed: recover them.
+func (s *DB) EnableSinkEndpoint(ctx context.Context, sink, target string) error {
+	_, err := s.db.ExecContext(ctx, s.q(`UPDATE delivery_endpoints SET disabled_at = NULL, disabled_reason = '', failing_since = NULL
+		WHERE sink = ? AND target = ?`), sink, target)
+	if err != nil {
+		return fmt.Errorf("enable endpoint %s %s: %w", sink, target, err)
+	}
+	return nil
+}
+
+// MarkSinkEndpointNotified records that the endpoint-disabled event eventID
+// was handed on.
+func (s *DB) MarkSinkEndpointNotified(ctx context.Context, sink, target, eventID string) error {
+	_, err := s.db.ExecContext(ctx, s.q(`UPDATE delivery_endpoints SET notified_at = ? WHERE sink = ? AND target = ? AND event_id = ?`),
+		ms(s.now()), sink, target, eventID)
+	if err != nil {
+		return fmt.Errorf("endpoint %s %s notified: %w", sink, target, err)
+	}
+	return nil
+}

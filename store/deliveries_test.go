@@ -1,0 +1,235 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+)
+
+func newSinkDelivery(event, sink, target string, owner int64, next time.Time) SinkDelivery {
+	return SinkDelivery{MessageID: "msg_" + event + sink, EventID: event, EventType: "build-state-changed", Sink: sink,
+		SinkType: "webhook", Target: target, Route: "r", OwnerID: owner, BuildID: 7, Seq: 3,
+		NextAt: &next, Payload: []byte(`{"body":"x"}`)}
+}
+
+func TestDeliveriesCreateDeduplicates(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		first := []SinkDelivery{newSinkDelivery("e1", "hook", "https://a", 1, now), newSinkDelivery("e1", "hook", "https://b", 1, now)}
+		got, err := s.CreateSinkDeliveries(ctx, first)
+		if err != nil || len(got) != 2 || got[0].ID == 0 || got[1].ID == got[0].ID || got[0].Status != DeliveryPending {
+			t.Fatalf("create: %+v %v", got, err)
+		}
+		// The same event again (a redelivery from the bus) plus one new
+		// target: only the new one is created.
+		again := append(first, newSinkDelivery("e1", "hook", "https://c", 1, now))
+		got2, err := s.CreateSinkDeliveries(ctx, again)
+		if err != nil || len(got2) != 1 || got2[0].Target != "https://c" {
+			t.Fatalf("create again: %+v %v", got2, err)
+		}
+		d, err := s.SinkDelivery(ctx, got[0].ID)
+		if err != nil || string(d.Payload) != `{"body":"x"}` || d.NextAt == nil || !d.NextAt.Equal(now) || d.MessageID != "msg_e1hook" {
+			t.Fatalf("by id: %+v %v", d, err)
+		}
+		if _, err := s.SinkDelivery(ctx, 9999); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("missing delivery: %v", err)
+		}
+		// A delivery created failed (a disabled endpoint) is finished.
+		dead := newSinkDelivery("e2", "hook", "https://a", 1, now)
+		dead.Status, dead.LastError = DeliveryFailed, "endpoint disabled"
+		got3, err := s.CreateSinkDeliveries(ctx, []SinkDelivery{dead})
+		if err != nil || len(got3) != 1 || got3[0].FinishedAt == nil || got3[0].NextAt != nil {
+			t.Fatalf("create failed: %+v %v", got3, err)
+		}
+		pend, err := s.PendingSinkDeliveries(ctx, 0, time.Time{}, 100)
+		if err != nil || len(pend) != 3 {
+			t.Fatalf("pending: %d %v", len(pend), err)
+		}
+	})
+}
+
+func TestDeliveriesAttemptsAndRedelivery(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		got, err := s.CreateSinkDeliveries(ctx, []SinkDelivery{newSinkDelivery("e1", "hook", "https://a", 1, now)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := got[0].ID
+		next := now.Add(5 * time.Second)
+		err = s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{
+			Attempt: SinkAttempt{DeliveryID: id, Time: now, Duration: 1500 * time.Microsecond, StatusCode: 503,
+				Outcome: OutcomeRetry, Error: "HTTP 503", Header: http.Header{"Retry-After": {"5"}}, Body: []byte("busy")},
+			Status: DeliveryPending, Tries: 1, NextAt: &next,
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := s.SinkDelivery(ctx, id)
+		if d.Status != DeliveryPending || d.Attempts != 1 || d.Tries != 1 || d.LastCode != 503 || !d.NextAt.Equal(next) {
+			t.Fatalf("after a retry: %+v", d)
+		}
+		if due, _ := s.PendingSinkDeliveries(ctx, 0, now.Add(time.Second), 10); len(due) != 0 {
+			t.Fatalf("not yet due, listed: %+v", due)
+		}
+		if due, _ := s.PendingSinkDeliveries(ctx, 0, next.Add(time.Millisecond), 10); len(due) != 1 {
+			t.Fatalf("due: %+v", due)
+		}
+		err = s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{
+			Attempt: SinkAttempt{DeliveryID: id, Time: next, Duration: time.Millisecond, StatusCode: 400, Outcome: OutcomePermanent, Error: "HTTP 400"},
+			Status:  DeliveryFailed, Tries: 2,
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ = s.SinkDelivery(ctx, id)
+		if d.Status != DeliveryFailed || d.FinishedAt == nil || d.NextAt != nil || d.Attempts != 2 {
+			t.Fatalf("after a permanent failure: %+v", d)
+		}
+		atts, err := s.SinkAttempts(ctx, id)
+		if err != nil || len(atts) != 2 || atts[0].Number != 1 || atts[1].Number != 2 || atts[0].Header.Get("Retry-After") != "5" ||
+			string(atts[0].Body) != "busy" || atts[0].Duration != 1500*time.Microsecond || atts[1].Outcome != OutcomePermanent {
+			t.Fatalf("attempts: %+v %v", atts, err)
+		}
+		// Redelivery: pending again, a new round, attempts keep counting.
+		d, err = s.RedeliverSinkDelivery(ctx, id, now)
+		if err != nil || d.Status != DeliveryPending || d.Tries != 0 || d.Attempts != 2 || d.FinishedAt != nil {
+			t.Fatalf("redeliver: %+v %v", d, err)
+		}
+		if _, err := s.RedeliverSinkDelivery(ctx, 424242, now); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("redeliver missing: %v", err)
+		}
+		// An attempt record for a deleted delivery is skipped.
+		if err := s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{Attempt: SinkAttempt{DeliveryID: 424242, Outcome: OutcomeSuccess}, Status: DeliverySucceeded}}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestDeliveriesListFiltersAndCursor(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now().UTC()
+		var list []SinkDelivery
+		for i := 0; i < 7; i++ {
+			owner := int64(1 + i%2)
+			d := newSinkDelivery(fmt.Sprintf("e%d", i), "hook", "https://a", owner, now)
+			if i == 3 {
+				d.Sink, d.Target = "other", "x"
+			}
+			list = append(list, d)
+		}
+		if _, err := s.CreateSinkDeliveries(ctx, list); err != nil {
+			t.Fatal(err)
+		}
+		all, err := s.ListSinkDeliveries(ctx, SinkDeliveryFilter{})
+		if err != nil || len(all) != 7 || all[0].ID < all[6].ID {
+			t.Fatalf("all: %d %v", len(all), err)
+		}
+		mine, _ := s.ListSinkDeliveries(ctx, SinkDeliveryFilter{OwnerID: 2})
+		if len(mine) != 3 {
+			t.Fatalf("owner 2: %d", len(mine))
+		}
+		if l, _ := s.ListSinkDeliveries(ctx, SinkDeliveryFilter{Sink: "other"}); len(l) != 1 || l[0].EventID != "e3" {
+			t.Fatalf("sink filter: %+v", l)
+		}
+		if l, _ := s.ListSinkDeliveries(ctx, SinkDeliveryFilter{EventID: "e5", Target: "https://a", Status: DeliveryPending}); len(l) != 1 {
+			t.Fatalf("event filter: %+v", l)
+		}
+		if l, _ := s.ListSinkDeliveries(ctx, SinkDeliveryFilter{Until: now.Add(-time.Hour)}); len(l) != 0 {
+			t.Fatalf("until filter: %+v", l)
+		}
+		if l, _ := s.ListSinkDeliveries(ctx, SinkDeliveryFilter{Since: now.Add(-time.Hour)}); len(l) != 7 {
+			t.Fatalf("since filter: %d", len(l))
+		}
+		// Pages of 3 by cursor cover everything once.
+		seen := map[int64]bool{}
+		var before int64
+		for page := 0; page < 5; page++ {
+			l, err := s.ListSinkDeliveries(ctx, SinkDeliveryFilter{Limit: 3, Before: before})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(l) == 0 {
+				break
+			}
+			for _, d := range l {
+				if seen[d.ID] {
+					t.Fatalf("delivery %d on two pages", d.ID)
+				}
+				seen[d.ID] = true
+			}
+			before = l[len(l)-1].ID
+		}
+		if len(seen) != 7 {
+			t.Fatalf("pages covered %d of 7", len(seen))
+		}
+	})
+}
+
+func TestDeliveryEndpointsAndRecover(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		created, err := s.CreateSinkDeliveries(ctx, []SinkDelivery{
+			newSinkDelivery("e1", "hook", "https://a", 1, now), newSinkDelivery("e2", "hook", "https://a", 2, now),
+			newSinkDelivery("e1", "hook", "https://b", 1, now),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetSinkEndpointFailing(ctx, "hook", "https://a", &now); err != nil {
+			t.Fatal(err)
+		}
+		changed, failed, err := s.DisableSinkEndpoint(ctx, "hook", "https://a", "HTTP 410 Gone", "evt_x", now)
+		if err != nil || !changed || failed != 2 {
+			t.Fatalf("disable: %v %d %v", changed, failed, err)
+		}
+		if changed, _, err := s.DisableSinkEndpoint(ctx, "hook", "https://a", "again", "evt_y", now); err != nil || changed {
+			t.Fatalf("second disable: %v %v", changed, err)
+		}
+		eps, err := s.SinkEndpoints(ctx, "hook")
+		if err != nil || len(eps) != 1 || eps[0].DisabledAt == nil || eps[0].Reason != "HTTP 410 Gone" || eps[0].EventID != "evt_x" ||
+			eps[0].FailingSince == nil || eps[0].NotifiedAt != nil {
+			t.Fatalf("endpoints: %+v %v", eps, err)
+		}
+		if err := s.MarkSinkEndpointNotified(ctx, "hook", "https://a", "evt_x"); err != nil {
+			t.Fatal(err)
+		}
+		if eps, _ = s.SinkEndpoints(ctx, ""); eps[0].NotifiedAt == nil {
+			t.Fatalf("not marked notified: %+v", eps)
+		}
+		d, _ := s.SinkDelivery(ctx, created[0].ID)
+		if d.Status != DeliveryFailed || d.LastError != "endpoint disabled: HTTP 410 Gone" {
+			t.Fatalf("pending delivery of a disabled endpoint: %+v", d)
+		}
+		// Recovery skips disabled endpoints.
+		if l, err := s.RecoverSinkDeliveries(ctx, SinkRecoverFilter{Sink: "hook", Since: now.Add(-time.Hour)}, now); err != nil || len(l) != 0 {
+			t.Fatalf("recover while disabled: %+v %v", l, err)
+		}
+		if err := s.EnableSinkEndpoint(ctx, "hook", "https://a"); err != nil {
+			t.Fatal(err)
+		}
+		if eps, _ = s.SinkEndpoints(ctx, "hook"); eps[0].DisabledAt != nil || eps[0].FailingSince != nil {
+			t.Fatalf("enable: %+v", eps)
+		}
+		if l, _ := s.RecoverSinkDeliveries(ctx, SinkRecoverFilter{Sink: "hook", Since: now.Add(time.Hour)}, now); len(l) != 0 {
+			t.Fatalf("recover since a later time: %+v", l)
+		}
+		if l, _ := s.RecoverSinkDeliveries(ctx, SinkRecoverFilter{Sink: "hook", Since: now.Add(-time.Hour), OwnerID: 2}, now); len(l) != 1 || l[0].EventID != "e2" {
+			t.Fatalf("recover by owner: %+v", l)
+		}
+		l, err := s.RecoverSinkDeliveries(ctx, SinkRecoverFilter{Sink: "hook", Since: now.Add(-time.Hour)}, now)
+		if err != nil || len(l) != 1 || l[0].Status != DeliveryPending || l[0].NextAt == nil {
+			t.Fatalf("recover: %+v %v", l, err)
+		}
+		if _, err := s.RecoverSinkDeliveries(ctx, SinkRecoverFilter{}, now); err == nil {
+			t.Fatal("recover without a sink accepted")
+		}
+	})
+}
