@@ -83,9 +83,10 @@ func (s *DB) recordTransition(ctx context.Context, tx *sql.Tx, from builds.State
 		Time:    s.now(), From: from, To: b.State, Build: b, Project: proj,
 	}
 	var prev builds.Previous
+	// The literals match the partial index builds_previous.
 	err := tx.QueryRowContext(ctx, s.q(`SELECT number, result FROM builds
-		WHERE project_id = ? AND branch = ? AND number < ? AND state = ? AND result <> ?
-		ORDER BY number DESC LIMIT 1`), b.ProjectID, b.Branch, b.Number, builds.Finished, builds.Canceled).Scan(&prev.Number, &prev.Result)
+		WHERE project_id = ? AND branch = ? AND number < ? AND state = 'FINISHED' AND result <> 'canceled'
+		ORDER BY number DESC LIMIT 1`), b.ProjectID, b.Branch, b.Number).Scan(&prev.Number, &prev.Result)
 	switch {
 	case err == nil:
 		t.Previous = &prev

@@ -130,7 +130,9 @@ func (s *DB) migrate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("store: migrations: %w", err)
 	}
-	p, err := goose.NewProvider(dialect, s.db, sub)
+	// Migrations are written on parallel branches; a database that has a
+	// later one applied still takes an earlier one that arrives after it.
+	p, err := goose.NewProvider(dialect, s.db, sub, goose.WithAllowOutofOrder(true))
 	if err != nil {
 		return fmt.Errorf("store: migrations: %w", err)
 	}

@@ -33,6 +33,7 @@ import (
 	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/bus"
 	"github.com/buildbridge/buildbridge/event"
+	"github.com/buildbridge/buildbridge/store"
 )
 
 type options struct {
@@ -49,6 +50,8 @@ type options struct {
 	cpuProfile    string
 	phases        string
 	publishOne    bool
+	store         string
+	postgres      string
 }
 
 func main() {
@@ -66,6 +69,8 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of both phases to this file")
 	flag.StringVar(&o.phases, "phases", "relay,throughput,latency", "phases to run")
 	flag.BoolVar(&o.publishOne, "publish-one", false, "relay publishes one message per Publish call (one round trip each), for comparison")
+	flag.StringVar(&o.store, "store", "sqlite", "outbox: sqlite (the real store: each transition a committed build in SQLite), postgres (the real store on -postgres), or memory (relay, bus and router alone)")
+	flag.StringVar(&o.postgres, "postgres", os.Getenv("BUILDBRIDGE_TEST_POSTGRES"), "PostgreSQL DSN for -store postgres (use an empty database or schema)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "pipeline:", err)
@@ -127,13 +132,18 @@ func run(o options) error {
 // pipeline is the whole chain, running.
 type pipeline struct {
 	outbox Outbox
-	bus    *bus.Bus
-	relay  *bridge.Relay
-	bridge *bridge.Bridge
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	recv   *receiver
-	seq    int64
+	// db and project are set when the outbox is the real store: commits
+	// are real builds, and latency is measured from each commit's return.
+	db       *store.DB
+	project  int64
+	commitAt sync.Map // build id → time.Time
+	bus      *bus.Bus
+	relay    *bridge.Relay
+	bridge   *bridge.Bridge
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	recv     *receiver
+	seq      int64
 }
 
 func start(o options) (*pipeline, error) {
@@ -141,6 +151,44 @@ func start(o options) (*pipeline, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &pipeline{outbox: newMemOutbox(), cancel: cancel, recv: newReceiver(o.consumers)}
 	var err error
+	switch o.store {
+	case "memory":
+	case "sqlite", "postgres":
+		cfg := store.Config{DataDir: o.dataDir + "/store", Logger: logger}
+		if o.store == "postgres" {
+			if o.postgres == "" {
+				cancel()
+				return nil, errors.New("-store postgres needs -postgres or BUILDBRIDGE_TEST_POSTGRES")
+			}
+			cfg.Postgres = o.postgres
+		}
+		if p.db, err = store.Open(ctx, cfg); err != nil {
+			cancel()
+			return nil, err
+		}
+		u, err := p.db.CreateUser(ctx, fmt.Sprintf("bench%d", time.Now().UnixNano()), false)
+		if err == nil {
+			var pr builds.Project
+			pr, err = p.db.CreateProject(ctx, builds.Project{Name: fmt.Sprintf("bench-%d", time.Now().UnixNano()), OwnerID: u.ID, Repo: "/bench", DefaultBranch: "main"})
+			p.project = pr.ID
+		}
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		p.outbox = storeOutbox{p.db}
+		p.recv.commitAt = func(id int64) (time.Time, bool) {
+			v, ok := p.commitAt.Load(id)
+			if !ok {
+				return time.Time{}, false
+			}
+			return v.(time.Time), true
+		}
+	default:
+		cancel()
+		return nil, fmt.Errorf("-store %q: want sqlite, postgres or memory", o.store)
+	}
+	fmt.Printf("outbox: %s\n", o.store)
 	t0 := time.Now()
 	p.bus, err = bus.Open(ctx, bus.Config{DataDir: o.dataDir, Logger: logger, AckSync: o.ackSync, MaxAckPending: o.maxAckPending})
 	if err != nil {
@@ -156,6 +204,9 @@ func start(o options) (*pipeline, error) {
 	if err != nil {
 		p.stop()
 		return nil, err
+	}
+	if p.db != nil {
+		p.db.SetOnOutbox(p.relay.Notify)
 	}
 	p.bridge, err = bridge.New(bridge.Config{Subscriber: p.bus.Subscriber, Publisher: p.bus.Publisher(),
 		BuildURL: "http://bench/builds/", Logger: logger})
@@ -188,11 +239,26 @@ func (p *pipeline) stop() {
 		_ = p.bridge.Close()
 	}
 	_ = p.bus.Close()
+	if p.db != nil {
+		_ = p.db.Close()
+	}
 }
 
 // commit appends transitions to the outbox, stamped with the commit time,
 // and notifies the relay, as the store's writer does after a commit.
 func (p *pipeline) commit(n int) {
+	if p.db != nil {
+		for range n {
+			b, err := p.db.CreateBuild(context.Background(), store.NewBuild{ProjectID: p.project, Ref: "refs/heads/main", Branch: "main",
+				SHA: "3f786850e387550fdab836ed7e6dc881de23001b", Author: "Ann Example", Message: "Make the pipeline faster (#1234)"})
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "commit:", err)
+				os.Exit(1)
+			}
+			p.commitAt.Store(b.ID, time.Now())
+		}
+		return
+	}
 	rows := make([]outboxRow, n)
 	now := time.Now()
 	for i := range rows {
@@ -208,6 +274,10 @@ func (p *pipeline) commit(n int) {
 // relayOnly measures the relay and the bus alone: -n rows of a topic
 // nobody consumes, committed at once, until the outbox is empty.
 func (p *pipeline) relayOnly(o options) error {
+	if p.db != nil {
+		fmt.Println("relay alone: skipped (only with -store memory)")
+		return nil
+	}
 	rows := make([]outboxRow, o.n)
 	payload, _ := json.Marshal(transition(0, time.Now()))
 	stamp := time.Now().UnixNano()
@@ -313,6 +383,9 @@ type receiver struct {
 	dups      int
 	lat       []time.Duration
 	done      chan struct{}
+	// commitAt, when set, gives the commit time of a build's transition;
+	// otherwise latency is measured from the event's time.
+	commitAt func(buildID int64) (time.Time, bool)
 }
 
 func newReceiver(consumers int) *receiver { return &receiver{consumers: consumers} }
@@ -327,6 +400,13 @@ func (r *receiver) reset(want int) {
 func (r *receiver) consumer(int) bridge.Consumer {
 	return func(_ context.Context, ev event.Envelope) error {
 		lat := time.Since(ev.Time)
+		if r.commitAt != nil && ev.Build != nil {
+			// CreateBuild returns a moment after its commit; a consumer
+			// can see the event before the benchmark stamps it.
+			if at, ok := r.commitAt(ev.Build.ID); ok {
+				lat = time.Since(at)
+			}
+		}
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if r.seen == nil {
