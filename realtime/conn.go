@@ -31,12 +31,18 @@ const maxSubscriptionsPerConn = 1000
 
 // conn is one client connection. Its read loop is the only goroutine it
 // always holds; a writer goroutine runs only while frames are queued.
+//
+// Closing: closeWith marks the connection closing (nothing more is
+// queued), the writer sends what is queued, then wakes the read loop
+// (a read deadline in the past), which runs the close handshake itself.
+// The handshake thus never reads concurrently with the read loop.
 type conn struct {
 	srv *Server
 	app *app
 	ws  *websocket.Conn
-	nc  net.Conn // the raw connection, closed to force an end
-	id  string   // socket_id
+	nc  net.Conn      // the raw connection
+	br  *bufio.Reader // the WebSocket library's read buffer, which we own
+	id  string        // socket_id
 
 	lastSeen atomic.Int64 // unix nanos of the last message received
 	pingSent atomic.Int64 // unix nanos of an unanswered pusher:ping, or 0
@@ -50,13 +56,14 @@ type conn struct {
 	rateSec int64
 	rateN   int
 
-	mu        sync.Mutex // guards the fields below
-	queue     [][]byte
-	writing   bool // a writer goroutine is running
-	closing   bool
-	closeCode websocket.StatusCode
-	closeMsg  string
-	writers   sync.WaitGroup
+	mu         sync.Mutex // guards the fields below
+	queue      [][]byte
+	writing    bool // a writer goroutine is running
+	closing    bool // nothing more is queued
+	closeReady bool // the queue is flushed: the read loop may close
+	closeCode  websocket.StatusCode
+	closeMsg   string
+	writers    sync.WaitGroup
 }
 
 // send queues frame for the client without blocking. A connection whose
@@ -95,7 +102,7 @@ func (c *conn) startCloseLocked(code websocket.StatusCode, reason string) {
 }
 
 func (c *conn) startWriterLocked() {
-	if c.writing {
+	if c.writing || c.closeReady {
 		return
 	}
 	c.writing = true
@@ -103,23 +110,24 @@ func (c *conn) startWriterLocked() {
 	go c.writeLoop()
 }
 
-// writeLoop writes queued frames until the queue is empty, and performs
-// the close handshake once the connection is closing.
+// writeLoop writes queued frames until the queue is empty; once the
+// connection is closing and flushed, it hands the close to the read loop.
 func (c *conn) writeLoop() {
 	defer c.writers.Done()
 	var batch [][]byte
 	for {
 		c.mu.Lock()
 		if len(c.queue) == 0 {
+			c.writing = false
+			c.queue = nil // an idle connection keeps no queue array
 			if !c.closing {
-				c.writing = false
-				c.queue = nil // an idle connection keeps no queue array
 				c.mu.Unlock()
 				return
 			}
-			code, msg := c.closeCode, c.closeMsg
+			c.closeReady = true
 			c.mu.Unlock()
-			c.finishClose(code, msg)
+			// Wake the read loop, wherever it waits.
+			_ = c.nc.SetReadDeadline(time.Now())
 			return
 		}
 		batch, c.queue = c.queue, batch[:0]
@@ -128,13 +136,15 @@ func (c *conn) writeLoop() {
 		// A write deadline on the raw connection instead of a context per
 		// frame: no allocation, and a stalled reader fails the write.
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-		for i, f := range batch {
+		for _, f := range batch {
 			if err := c.ws.Write(context.Background(), websocket.MessageText, f); err != nil {
+				// The connection is broken: no close handshake, the read
+				// loop just ends.
 				c.mu.Lock()
 				c.queue = nil
 				c.startCloseLocked(websocket.StatusGoingAway, "")
+				c.closeCode, c.closeMsg = websocket.StatusGoingAway, ""
 				c.mu.Unlock()
-				clear(batch[i:])
 				break
 			}
 		}
@@ -145,49 +155,73 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// finishClose runs the WebSocket close handshake (bounded by the
-// library's timeouts), then drops the raw connection.
-func (c *conn) finishClose(code websocket.StatusCode, msg string) {
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	if code == websocket.StatusGoingAway && msg == "" {
-		_ = c.ws.CloseNow()
-	} else {
-		_ = c.ws.Close(code, msg)
-	}
-	_ = c.nc.Close()
-}
-
-// readLoop reads and handles client messages until the connection ends.
+// readLoop waits for one client message and handles it, then continues
+// on a new goroutine and returns. Handling a message (JSON, HMAC, the
+// WebSocket library's read path) grows a goroutine's stack; the runtime
+// shrinks stacks only while less than a quarter is used, so a goroutine
+// that once grew keeps 4 KiB or more. Waiting on a fresh goroutine, on a
+// shallow stack (a Peek on the read buffer), keeps an idle connection's
+// stack at the 2 KiB minimum, for one goroutine start per message.
 func (c *conn) readLoop() {
-	defer c.srv.wg.Done()
-	defer c.finish()
-	limit := int64(c.srv.cfg.MaxMessageSize)
-	for {
-		_, r, err := c.ws.Reader(context.Background())
-		if err != nil {
-			return
-		}
-		data, err := io.ReadAll(io.LimitReader(r, limit+1))
-		if err != nil {
-			return
-		}
-		now := c.srv.cfg.Now().UnixNano()
-		c.lastSeen.Store(now)
-		c.pingSent.Store(0)
-		if int64(len(data)) > limit {
-			n, err := io.Copy(io.Discard, r)
-			if err != nil {
-				return
-			}
-			c.sendError(CodeBadMessage, "message too large: "+itoa(int64(len(data))+n)+
-				" bytes, the limit is "+itoa(limit))
-			continue
-		}
-		c.handle(data)
+	if c.waitMessage() && c.readMessage() {
+		go c.readLoop()
+		return
 	}
+	c.finish()
+	c.srv.wg.Done()
 }
 
-// finish unregisters the connection and waits for its writer.
+// waitMessage blocks until data arrives; false means the connection is
+// over, after the close handshake if one was asked for.
+func (c *conn) waitMessage() bool {
+	if _, err := c.br.Peek(1); err == nil {
+		return true
+	}
+	c.mu.Lock()
+	ready, code, msg := c.closeReady, c.closeCode, c.closeMsg
+	c.mu.Unlock()
+	if ready && code != websocket.StatusGoingAway {
+		c.closeHandshake(code, msg)
+	}
+	return false
+}
+
+// readMessage reads and handles one message; false ends the connection.
+func (c *conn) readMessage() bool {
+	_, r, err := c.ws.Reader(context.Background())
+	if err != nil {
+		return false
+	}
+	limit := int64(c.srv.cfg.MaxMessageSize)
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return false
+	}
+	c.lastSeen.Store(c.srv.cfg.Now().UnixNano())
+	c.pingSent.Store(0)
+	if int64(len(data)) > limit {
+		n, err := io.Copy(io.Discard, r)
+		if err != nil {
+			return false
+		}
+		c.sendError(CodeBadMessage, "message too large: "+itoa(int64(len(data))+n)+
+			" bytes, the limit is "+itoa(limit))
+		return true
+	}
+	c.handle(data)
+	return true
+}
+
+// closeHandshake sends the close frame and waits for the client's, both
+// bounded by the WebSocket library's timeouts.
+func (c *conn) closeHandshake(code websocket.StatusCode, msg string) {
+	_ = c.nc.SetReadDeadline(time.Time{})
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	_ = c.ws.Close(code, truncate(msg, 120))
+}
+
+// finish unregisters the connection, waits for its writer and drops the
+// raw connection.
 func (c *conn) finish() {
 	c.mu.Lock()
 	c.queue = nil
@@ -195,6 +229,7 @@ func (c *conn) finish() {
 	c.mu.Unlock()
 	c.app.unregister(c)
 	c.writers.Wait()
+	_ = c.ws.CloseNow()
 	_ = c.nc.Close()
 }
 
@@ -347,6 +382,7 @@ func (c *conn) clientEvent(m *inMessage) {
 type smallBufferHijacker struct {
 	http.ResponseWriter
 	nc net.Conn
+	br *bufio.Reader
 }
 
 func (h *smallBufferHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -368,8 +404,8 @@ func (h *smallBufferHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.nc = nc
-	return nc, bufio.NewReadWriter(bufio.NewReaderSize(r, connReadBufSize),
-		bufio.NewWriterSize(nc, connWriteBufSize)), nil
+	h.br = bufio.NewReaderSize(r, connReadBufSize)
+	return nc, bufio.NewReadWriter(h.br, bufio.NewWriterSize(nc, connWriteBufSize)), nil
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer.

@@ -136,7 +136,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 
 	now := s.cfg.Now().UnixNano()
-	c := &conn{srv: s, app: a, ws: ws, nc: hj.nc}
+	c := &conn{srv: s, app: a, ws: ws, nc: hj.nc, br: hj.br}
 	c.lastSeen.Store(now)
 	for {
 		c.id = newSocketID()

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/buildbridge/buildbridge/realtime"
+)
+
+// workerConfig is what the parent passes to a client worker process.
+type workerConfig struct {
+	URL      string // ws://host:port/app/<key>?protocol=7
+	Key      string
+	Secret   string
+	Conns    int
+	Channels int // connection i subscribes to channel i % Channels
+	Prefix   string
+}
+
+// channelName is the name of bench channel i.
+func channelName(prefix string, i int) string { return prefix + strconv.Itoa(i) }
+
+// runWorker opens the connections, subscribes them, prints READY, records
+// the latency of every "bench" event until stdin closes, then prints a
+// JSON summary. It runs in a child process so that the parent's memory
+// figures are the server's alone.
+func runWorker(cfg workerConfig) error {
+	raiseFileLimit()
+	var h histogram
+	var errs atomic.Int64
+	conns := make([]*websocket.Conn, cfg.Conns)
+	ready := make(chan error, cfg.Conns)
+	var readers, dialers sync.WaitGroup
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	idx := make(chan int)
+	var dialErr atomic.Pointer[error]
+	for range 32 { // bounded dial concurrency
+		dialers.Add(1)
+		go func() {
+			defer dialers.Done()
+			for i := range idx {
+				ws, err := dialAndSubscribe(ctx, cfg, i)
+				if err != nil {
+					err = fmt.Errorf("connection %d: %w", i, err)
+					dialErr.CompareAndSwap(nil, &err)
+					ready <- err
+					continue
+				}
+				conns[i] = ws
+				readers.Add(1)
+				go func() {
+					defer readers.Done()
+					readEvents(ctx, ws, &h, &errs, ready)
+				}()
+			}
+		}()
+	}
+	for i := range cfg.Conns {
+		if dialErr.Load() != nil {
+			break
+		}
+		idx <- i
+	}
+	close(idx)
+	dialers.Wait()
+	if p := dialErr.Load(); p != nil {
+		cancel()
+		for _, ws := range conns {
+			if ws != nil {
+				_ = ws.CloseNow()
+			}
+		}
+		readers.Wait()
+		return *p
+	}
+	for range cfg.Conns {
+		if err := <-ready; err != nil {
+			cancel()
+			return err
+		}
+	}
+	fmt.Println("READY")
+	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
+	cancel()
+	for _, ws := range conns {
+		_ = ws.CloseNow()
+	}
+	readers.Wait()
+	return json.NewEncoder(os.Stdout).Encode(summary{Connected: cfg.Conns, Received: h.n.Load(),
+		P50NS: int64(h.quantile(0.50)), P99NS: int64(h.quantile(0.99)), MaxNS: h.max.Load(), Errors: errs.Load()})
+}
+
+// dialAndSubscribe connects connection i and sends its subscription; the
+// success is awaited by its reader.
+func dialAndSubscribe(ctx context.Context, cfg workerConfig, i int) (*websocket.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(dctx, cfg.URL, nil)
+	if err != nil {
+		return nil, err
+	}
+	ws.SetReadLimit(1 << 20)
+	_, msg, err := ws.Read(dctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading connection_established: %w", err)
+	}
+	var est struct {
+		Event string `json:"event"`
+		Data  string `json:"data"`
+	}
+	var d struct {
+		SocketID string `json:"socket_id"`
+	}
+	if json.Unmarshal(msg, &est) != nil || est.Event != "pusher:connection_established" || json.Unmarshal([]byte(est.Data), &d) != nil {
+		return nil, fmt.Errorf("unexpected first message %s", msg)
+	}
+	ch := channelName(cfg.Prefix, i%cfg.Channels)
+	sub := map[string]string{"channel": ch}
+	if strings.HasPrefix(ch, "private-") {
+		sub["auth"] = realtime.ChannelAuth(cfg.Key, cfg.Secret, d.SocketID, ch, "")
+	}
+	b, _ := json.Marshal(map[string]any{"event": "pusher:subscribe", "data": sub})
+	if err := ws.Write(dctx, websocket.MessageText, b); err != nil {
+		return nil, err
+	}
+	return ws, nil
+}
+
+var (
+	benchEvent = []byte(`"event":"bench"`)
+	dataKey    = []byte(`"data":"`)
+	subOK      = []byte(`pusher_internal:subscription_succeeded`)
+)
+
+// readEvents reads until the connection ends, reporting the subscription
+// result on ready and recording each bench event's latency: its data is
+// the publisher's time.Now().UnixNano().
+func readEvents(ctx context.Context, ws *websocket.Conn, h *histogram, errs *atomic.Int64, ready chan<- error) {
+	subscribed := false
+	for {
+		_, msg, err := ws.Read(ctx)
+		now := time.Now().UnixNano()
+		if err != nil {
+			if !subscribed {
+				ready <- fmt.Errorf("before subscribing: %w", err)
+			} else if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+				errs.Add(1)
+			}
+			return
+		}
+		if !subscribed {
+			if !bytes.Contains(msg, subOK) {
+				ready <- fmt.Errorf("subscription failed: %s", msg)
+				return
+			}
+			subscribed = true
+			ready <- nil
+			continue
+		}
+		if !bytes.Contains(msg, benchEvent) {
+			continue
+		}
+		i := bytes.Index(msg, dataKey)
+		if i < 0 {
+			errs.Add(1)
+			continue
+		}
+		rest := msg[i+len(dataKey):]
+		j := bytes.IndexByte(rest, '"')
+		sent, err := strconv.ParseInt(string(rest[:max(j, 0)]), 10, 64)
+		if err != nil {
+			errs.Add(1)
+			continue
+		}
+		h.record(time.Duration(now - sent))
+	}
+}
+
+// readLine reads the worker's READY line or summary from r.
+func readLine(r *bufio.Reader) (string, error) {
+	line, err := r.ReadString('\n')
+	return strings.TrimSpace(line), err
+}
