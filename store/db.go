@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
@@ -80,6 +81,7 @@ type DB struct {
 	mu       sync.Mutex
 	rebinds  map[string]string
 	onOutbox func()
+	queries  atomic.Uint64 // statements sent, for Queries
 }
 
 // Open connects to the database, applies pending migrations and returns
@@ -92,7 +94,7 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	s := &DB{cfg: cfg, postgres: cfg.Postgres != "", rebinds: map[string]string{}, onOutbox: cfg.OnOutbox}
 	var err error
 	if s.postgres {
-		s.db, err = sql.Open("pgx", cfg.Postgres)
+		s.db, err = openCounted("pgx", cfg.Postgres, &s.queries)
 	} else {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("store: create data directory: %w", err)
@@ -103,7 +105,7 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		dsn := "file:" + filepath.Join(cfg.DataDir, "buildbridge.db") +
 			"?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(10000)" +
 			"&_pragma=foreign_keys(ON)&_txlock=immediate"
-		s.db, err = sql.Open("sqlite", dsn)
+		s.db, err = openCounted("sqlite", dsn, &s.queries)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
