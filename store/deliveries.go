@@ -92,7 +92,9 @@ func (a SinkAttempt) MarshalJSON() ([]byte, error) {
 }
 
 // SinkAttemptRecord is the outcome of one attempt: the attempt to log and
-// the delivery's new state.
+// the delivery's new state. With an empty Attempt.Outcome only the state
+// changes (a delivery failed without an attempt: its endpoint is disabled)
+// and Attempt.Error becomes its last error.
 type SinkAttemptRecord struct {
 	Attempt SinkAttempt
 	Status  string
@@ -287,7 +289,7 @@ func (s *DB) RecordSinkAttempts(ctx context.Context, recs []SinkAttemptRecord) e
 			return err
 		}
 		defer ins.Close()
-		upd, err := tx.PrepareContext(ctx, s.q(`UPDATE deliveries SET status = ?, attempts = attempts + 1, tries = ?, next_at = ?,
+		upd, err := tx.PrepareContext(ctx, s.q(`UPDATE deliveries SET status = ?, attempts = attempts + ?, tries = ?, next_at = ?,
 			last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ? RETURNING attempts`))
 		if err != nil {
 			return err
@@ -301,12 +303,20 @@ func (s *DB) RecordSinkAttempts(ctx context.Context, recs []SinkAttemptRecord) e
 				fin, next = &now, nil
 			}
 			var number int
-			err := upd.QueryRowContext(ctx, r.Status, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID).Scan(&number)
+			logged := a.Outcome != ""
+			inc := 0
+			if logged {
+				inc = 1
+			}
+			err := upd.QueryRowContext(ctx, r.Status, inc, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID).Scan(&number)
 			if errors.Is(err, sql.ErrNoRows) {
 				continue // deleted meanwhile
 			}
 			if err != nil {
 				return err
+			}
+			if !logged {
+				continue
 			}
 			hdr := ""
 			if len(a.Header) > 0 {
