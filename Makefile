@@ -5,10 +5,23 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 DATA    ?= ./data
 
-.PHONY: run build test test-go test-node lint bench fuzz clean
+.PHONY: run build web test test-go test-node lint bench fuzz clean
 
-build:
+build: web
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/buildbridge
+
+# The dashboard bundle: pusher-js and the sources in web/src, bundled by
+# esbuild into web/dist (git-ignored), which the binary embeds.
+WEB_SRC := $(wildcard web/src/*)
+
+web: web/dist/app.js
+
+web/dist/app.js: web/node_modules/.installed $(WEB_SRC)
+	cd web && npm run --silent build
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
 
 run: build
 	$(BIN) serve --data $(DATA)
@@ -25,6 +38,7 @@ test: lint build
 # Client tests: the official pusher-js (and later the dashboard in headless
 # Chromium) against a real `buildbridge serve`.
 test-node: build test/node/node_modules/.installed
+	bash scripts/chromium.sh
 	cd test/node && BUILDBRIDGE_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 --test-timeout=180000 *.test.js
 
 test/node/node_modules/.installed: test/node/package.json test/node/package-lock.json
@@ -40,4 +54,4 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 clean:
-	rm -rf bin
+	rm -rf bin web/dist/app.* web/dist/*.map

@@ -91,7 +91,23 @@ type API struct {
 	Group    *gin.RouterGroup
 	latency  *prometheus.HistogramVec
 	channels *ChannelConfig
+	sessions Sessions
 }
+
+// Sessions authenticates requests that carry a browser session (the
+// dashboard's cookie) instead of an Authorization header. The web package
+// implements it.
+type Sessions interface {
+	// SessionUser returns the user of the request's session. ok is false,
+	// with a nil error, when the request carries no session at all. An
+	// invalid or expired session, or a state-changing request without its
+	// CSRF token, is an error (an *Error from NewError).
+	SessionUser(r *http.Request) (u store.User, ok bool, err error)
+}
+
+// UseSessions lets requests without an Authorization header authenticate
+// with a session. Call it before serving.
+func (a *API) UseSessions(s Sessions) { a.sessions = s }
 
 func init() { gin.SetMode(gin.ReleaseMode) }
 
@@ -182,9 +198,16 @@ func (a *API) authenticate(c *gin.Context) {
 }
 
 // UserFromRequest returns the user whose Bearer token the request carries,
-// or an *Error with status 401.
+// or, with no Authorization header, whose session it carries (see
+// UseSessions); otherwise an *Error with status 401 (403 for a session
+// request that fails its CSRF check).
 func (a *API) UserFromRequest(r *http.Request) (store.User, error) {
 	h := r.Header.Get("Authorization")
+	if h == "" && a.sessions != nil {
+		if u, ok, err := a.sessions.SessionUser(r); ok || err != nil {
+			return u, err
+		}
+	}
 	scheme, token, ok := strings.Cut(h, " ")
 	if h == "" {
 		return store.User{}, errorf(http.StatusUnauthorized, "unauthorized", "missing Authorization header; send \"Authorization: Bearer <token>\"")
