@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/expr-lang/expr/vm"
@@ -27,6 +28,10 @@ type Rules struct {
 	user     *sinkInst
 	warnings []string
 	logger   *slog.Logger
+	outHint  atomic.Int32
+	// users caches the user-channel targets by owner id.
+	users     sync.Map
+	userCount atomic.Int64
 }
 
 // route is one compiled route.
@@ -78,15 +83,17 @@ type target struct {
 // slot is one rendered part of a delivery: a parameter, the body or the
 // subject.
 type slot struct {
-	name     string
-	role     sinks.Role
-	static   string
-	r        renderer
-	items    []renderer
-	fallback renderer
-	path     string
-	line     int
-	col      int
+	name   string
+	role   sinks.Role
+	static string
+	// staticBytes is static as a body, allocated once.
+	staticBytes []byte
+	r           renderer
+	items       []renderer
+	fallback    renderer
+	path        string
+	line        int
+	col         int
 }
 
 func (s *slot) isStatic() bool { return s.r == nil && s.items == nil }
@@ -120,9 +127,56 @@ type evalCtx struct {
 	jsonErr error
 	jsonOK  bool
 	env     exprEnv
+	parts   exprParts
 	envOK   bool
 	vm      vm.VM
 	buf     bytes.Buffer
+	lw      limitedWriter
+	memo    []memoEntry
+	// index finds deliveries by (sink, target) once there are many.
+	index map[dkey]int
+	// author and authorEmail are the build's, lower-cased once.
+	author, authorEmail string
+	authorOK            bool
+}
+
+type dkey struct{ sink, target string }
+
+// seenLinear is how many deliveries are searched one by one before
+// they are indexed.
+const seenLinear = 16
+
+// seen returns the index of the delivery of out to (sink, target), or -1.
+// The caller appends the new delivery right after a -1.
+func (x *evalCtx) seen(out []sinks.Delivery, sink, target string) int {
+	if len(out) < seenLinear {
+		for i := range out {
+			if out[i].Target == target && out[i].Sink == sink {
+				return i
+			}
+		}
+		return -1
+	}
+	if x.index == nil {
+		x.index = make(map[dkey]int, 2*seenLinear)
+	}
+	if len(x.index) == 0 {
+		for i := range out {
+			x.index[dkey{out[i].Sink, out[i].Target}] = i
+		}
+	}
+	if i, ok := x.index[dkey{sink, target}]; ok {
+		return i
+	}
+	x.index[dkey{sink, target}] = len(out)
+	return -1
+}
+
+// memoEntry is a body or subject already rendered for the event: several
+// targets using one template share one rendering.
+type memoEntry struct {
+	r   renderer
+	out []byte
 }
 
 var ctxPool = sync.Pool{New: func() any { return new(evalCtx) }}
@@ -138,26 +192,60 @@ func newCtx(ev *event.Envelope) *evalCtx {
 		}
 	}
 	x.json, x.jsonErr, x.jsonOK, x.envOK = nil, nil, false, false
+	x.memo = x.memo[:0]
+	x.authorOK = false
+	clear(x.index)
 	return x
 }
 
 func (x *evalCtx) release() {
 	x.ev, x.data, x.json, x.env = nil, TemplateData{}, nil, exprEnv{}
+	clear(x.memo)
 	if x.buf.Cap() > 64<<10 {
 		x.buf = bytes.Buffer{}
 	}
 	ctxPool.Put(x)
 }
 
+// eventJSON is the event as JSON (json.Marshal), once per event.
 func (x *evalCtx) eventJSON() ([]byte, error) {
 	if !x.jsonOK {
-		var b bytes.Buffer
-		enc := json.NewEncoder(&b)
-		enc.SetEscapeHTML(false)
-		x.jsonErr = enc.Encode(x.ev)
-		x.json, x.jsonOK = bytes.TrimSuffix(b.Bytes(), []byte("\n")), true
+		out, err := marshalEnvelope(x.ev)
+		// Full slice expression: an append by a reader copies.
+		x.json, x.jsonErr, x.jsonOK = out[:len(out):len(out)], err, true
 	}
 	return x.json, x.jsonErr
+}
+
+// renderShared renders a body or subject once per event; the result is
+// shared by the deliveries that use it and must not be modified.
+func (x *evalCtx) renderShared(s *slot) ([]byte, error) {
+	switch {
+	case s.r == nil && s.items == nil:
+		return s.staticBytes, nil
+	case s.r == nil:
+		x.buf.Reset()
+		if err := s.render(x, &x.buf); err != nil {
+			return nil, err
+		}
+		return bytes.Clone(x.buf.Bytes()), nil
+	}
+	if _, ok := s.r.(eventJSONRenderer); ok {
+		return x.eventJSON()
+	}
+	for i := range x.memo {
+		if x.memo[i].r == s.r {
+			return x.memo[i].out, nil
+		}
+	}
+	x.buf.Reset()
+	if err := s.r.render(x, &x.buf); err != nil {
+		return nil, err
+	}
+	out := bytes.Clone(x.buf.Bytes())
+	out = out[:len(out):len(out)]
+	x.memo = append(x.memo, memoEntry{r: s.r, out: out})
+	return out, nil
 }
 
 // renderText renders a slot into a new string.
@@ -173,15 +261,25 @@ func (x *evalCtx) renderText(s *slot) (string, error) {
 // build.branch, build.status, project.name, previous.result, data.x.
 // Fields of an absent part are zero ("" and 0).
 type exprEnv struct {
-	ID       string         `expr:"id"`
-	Type     string         `expr:"type"`
-	Seq      int64          `expr:"seq"`
-	Time     time.Time      `expr:"time"`
-	Build    exprBuild      `expr:"build"`
-	Job      exprJob        `expr:"job"`
-	Project  exprProject    `expr:"project"`
-	Previous exprPrevious   `expr:"previous"`
+	ID   string    `expr:"id"`
+	Type string    `expr:"type"`
+	Seq  int64     `expr:"seq"`
+	Time time.Time `expr:"time"`
+	// The parts are pointers, so that reading build.x does not copy the
+	// build; they are never nil (zero for an absent part).
+	Build    *exprBuild     `expr:"build"`
+	Job      *exprJob       `expr:"job"`
+	Project  *exprProject   `expr:"project"`
+	Previous *exprPrevious  `expr:"previous"`
 	Data     map[string]any `expr:"data"`
+}
+
+// exprParts holds what exprEnv points to.
+type exprParts struct {
+	build    exprBuild
+	job      exprJob
+	project  exprProject
+	previous exprPrevious
 }
 
 type exprBuild struct {
@@ -224,40 +322,42 @@ func (x *evalCtx) exprEnv() *exprEnv {
 	if x.envOK {
 		return &x.env
 	}
-	ev := x.ev
-	e := exprEnv{ID: ev.ID, Type: ev.Type, Seq: ev.Seq, Time: ev.Time, Data: x.data.Data}
+	ev, p := x.ev, &x.parts
+	*p = exprParts{}
+	x.env = exprEnv{ID: ev.ID, Type: ev.Type, Seq: ev.Seq, Time: ev.Time, Data: x.data.Data,
+		Build: &p.build, Job: &p.job, Project: &p.project, Previous: &p.previous}
 	if b := ev.Build; b != nil {
-		e.Build = exprBuild{ID: b.ID, Number: b.Number, State: string(b.State), Result: string(b.Result),
+		p.build = exprBuild{ID: b.ID, Number: b.Number, State: string(b.State), Result: string(b.Result),
 			Status: string(b.Status), Ref: b.Ref, Branch: b.Branch, SHA: b.SHA, Author: b.Author,
 			AuthorEmail: b.AuthorEmail, Message: b.Message, Reason: b.Reason, URL: b.URL}
 		if b.Success != nil {
-			e.Build.Success = *b.Success
+			p.build.Success = *b.Success
 		}
 		if b.StartedAt != nil {
-			e.Build.StartedAt = *b.StartedAt
+			p.build.StartedAt = *b.StartedAt
 		}
 		if b.FinishedAt != nil {
-			e.Build.FinishedAt = *b.FinishedAt
+			p.build.FinishedAt = *b.FinishedAt
 		}
 		if b.DurationMS != nil {
-			e.Build.DurationMS = *b.DurationMS
+			p.build.DurationMS = *b.DurationMS
 		}
 	}
 	if j := ev.Job; j != nil {
-		e.Job = exprJob{ID: j.ID, Name: j.Name}
+		p.job = exprJob{ID: j.ID, Name: j.Name}
 	}
-	if p := ev.Project; p != nil {
-		e.Project = exprProject{ID: p.ID, Name: p.Name, OwnerID: p.OwnerID}
+	if pr := ev.Project; pr != nil {
+		p.project = exprProject{ID: pr.ID, Name: pr.Name, OwnerID: pr.OwnerID}
 	}
-	if p := ev.Previous; p != nil {
-		if p.BuildNumber != nil {
-			e.Previous.BuildNumber = *p.BuildNumber
+	if pv := ev.Previous; pv != nil {
+		if pv.BuildNumber != nil {
+			p.previous.BuildNumber = *pv.BuildNumber
 		}
-		if p.Result != nil {
-			e.Previous.Result = string(*p.Result)
+		if pv.Result != nil {
+			p.previous.Result = string(*pv.Result)
 		}
 	}
-	x.env, x.envOK = e, true
+	x.envOK = true
 	return &x.env
 }
 
@@ -295,23 +395,50 @@ func listText(list []string) string {
 	return "one of " + strings.Join(list, ", ")
 }
 
+// failure names the first condition of a route an event fails.
+type failure int
+
+const (
+	pass failure = iota
+	failEvent
+	failNoBuild
+	failProject
+	failBranch
+	failState
+	failResult
+	failStatus
+	failAuthor
+	failChange
+	failNever
+	failIf
+	failIfError
+)
+
 // check tells whether the route matches the event; with why set, the
-// second result says which condition failed first.
+// second result says which condition failed first. Matching allocates
+// nothing; only the explanation is formatted.
 func (rt *route) check(x *evalCtx, why bool, log *slog.Logger) (bool, string) {
+	f, err := rt.firstFailure(x)
+	if f == failIfError {
+		log.Warn("rules: if: expression failed", "route", rt.name, "event_id", x.ev.ID, "err", err)
+	}
+	if f == pass {
+		return true, ""
+	}
+	if !why {
+		return false, ""
+	}
+	return false, rt.reason(x, f, err)
+}
+
+func (rt *route) firstFailure(x *evalCtx) (failure, error) {
 	ev := x.ev
-	no := func(format string, args ...any) (bool, string) {
-		if !why {
-			return false, ""
-		}
-		return false, fmt.Sprintf(format, args...)
-	}
 	if !rt.anyEvent && !contains(rt.events, ev.Type) {
-		return no("event type %q is not %s", ev.Type, listText(rt.events))
+		return failEvent, nil
 	}
-	b := ev.Build
-	if b == nil {
+	if b := ev.Build; b == nil {
 		if rt.needsBuild() {
-			return no("the event has no build")
+			return failNoBuild, nil
 		}
 	} else {
 		if rt.project != nil {
@@ -320,45 +447,84 @@ func (rt *route) check(x *evalCtx, why bool, log *slog.Logger) (bool, string) {
 				name = ev.Project.Name
 			}
 			if !rt.project.match(name) {
-				return no("project %q does not match %s", name, rt.project)
+				return failProject, nil
 			}
 		}
-		if rt.branch != nil && !rt.branch.match(b.Branch) {
-			return no("branch %q does not match %s", b.Branch, rt.branch)
-		}
-		if rt.states != nil && !contains(rt.states, string(b.State)) {
-			return no("state %s is not %s", b.State, listText(rt.states))
-		}
-		if rt.results != nil && !contains(rt.results, string(b.Result)) {
-			if b.Result == "" {
-				return no("the build has no result yet (state %s); result must be %s", b.State, listText(rt.results))
-			}
-			return no("result %s is not %s", b.Result, listText(rt.results))
-		}
-		if rt.statuses != nil && !contains(rt.statuses, string(b.Status)) {
-			return no("status %s is not %s", b.Status, listText(rt.statuses))
-		}
-		if rt.author != nil && !rt.author.match(strings.ToLower(b.Author)) && !rt.author.match(strings.ToLower(b.AuthorEmail)) {
-			return no("author %q <%s> does not match %s", b.Author, b.AuthorEmail, rt.author)
-		}
-		if rt.notify == notifyChange && !isChange(ev) {
-			return no("notify: change, and this build is not a change (state %s, status %s)", b.State, b.Status)
+		switch {
+		case rt.branch != nil && !rt.branch.match(b.Branch):
+			return failBranch, nil
+		case rt.states != nil && !contains(rt.states, string(b.State)):
+			return failState, nil
+		case rt.results != nil && !contains(rt.results, string(b.Result)):
+			return failResult, nil
+		case rt.statuses != nil && !contains(rt.statuses, string(b.Status)):
+			return failStatus, nil
+		case rt.author != nil && !rt.matchAuthor(x):
+			return failAuthor, nil
+		case rt.notify == notifyChange && !isChange(ev):
+			return failChange, nil
 		}
 	}
 	if rt.notify == notifyNever {
-		return no("notify: never")
+		return failNever, nil
 	}
 	if rt.cond != nil {
 		out, err := x.vm.Run(rt.cond, x.exprEnv())
 		if err != nil {
-			log.Warn("rules: if: expression failed", "route", rt.name, "event_id", ev.ID, "err", err)
-			return no("if: %s fails on this event: %v", rt.condSrc, err)
+			return failIfError, err
 		}
 		if ok, _ := out.(bool); !ok {
-			return no("if: %s is false", strings.TrimSpace(rt.condSrc))
+			return failIf, nil
 		}
 	}
-	return true, ""
+	return pass, nil
+}
+
+func (rt *route) matchAuthor(x *evalCtx) bool {
+	if !x.authorOK {
+		x.author, x.authorEmail = strings.ToLower(x.ev.Build.Author), strings.ToLower(x.ev.Build.AuthorEmail)
+		x.authorOK = true
+	}
+	return rt.author.match(x.author) || rt.author.match(x.authorEmail)
+}
+
+// reason says in words why the event fails the route.
+func (rt *route) reason(x *evalCtx, f failure, err error) string {
+	ev, b := x.ev, x.ev.Build
+	switch f {
+	case failEvent:
+		return fmt.Sprintf("event type %q is not %s", ev.Type, listText(rt.events))
+	case failNoBuild:
+		return "the event has no build"
+	case failProject:
+		name := ""
+		if ev.Project != nil {
+			name = ev.Project.Name
+		}
+		return fmt.Sprintf("project %q does not match %s", name, rt.project)
+	case failBranch:
+		return fmt.Sprintf("branch %q does not match %s", b.Branch, rt.branch)
+	case failState:
+		return fmt.Sprintf("state %s is not %s", b.State, listText(rt.states))
+	case failResult:
+		if b.Result == "" {
+			return fmt.Sprintf("the build has no result yet (state %s); result must be %s", b.State, listText(rt.results))
+		}
+		return fmt.Sprintf("result %s is not %s", b.Result, listText(rt.results))
+	case failStatus:
+		return fmt.Sprintf("status %s is not %s", b.Status, listText(rt.statuses))
+	case failAuthor:
+		return fmt.Sprintf("author %q <%s> does not match %s", b.Author, b.AuthorEmail, rt.author)
+	case failChange:
+		return fmt.Sprintf("notify: change, and this build is not a change (state %s, status %s)", b.State, b.Status)
+	case failNever:
+		return "notify: never"
+	case failIf:
+		return fmt.Sprintf("if: %s is false", strings.TrimSpace(rt.condSrc))
+	case failIfError:
+		return fmt.Sprintf("if: %s fails on this event: %v", strings.TrimSpace(rt.condSrc), err)
+	}
+	return ""
 }
 
 // Explanation says what the rules do with one event: `rules test`.
@@ -410,7 +576,7 @@ func (r *Rules) Explain(ev event.Envelope) *Explanation {
 func (r *Rules) run(ev *event.Envelope, ex *Explanation) []sinks.Delivery {
 	x := newCtx(ev)
 	defer x.release()
-	var out []sinks.Delivery
+	out := make([]sinks.Delivery, 0, r.outHint.Load())
 	out = r.implicit(x, out, ex)
 	for _, rt := range r.routes {
 		ok, why := rt.check(x, ex != nil, r.logger)
@@ -425,6 +591,10 @@ func (r *Rules) run(ev *event.Envelope, ex *Explanation) []sinks.Delivery {
 		for _, t := range rt.to {
 			out = r.deliver(x, rt, t, out, rr)
 		}
+	}
+	// Size the next event's slice from what events need, up to a bound.
+	if n := int32(len(out)); n > r.outHint.Load() && n <= 64 {
+		r.outHint.Store(n)
 	}
 	return out
 }
@@ -446,15 +616,15 @@ func (r *Rules) implicit(x *evalCtx, out []sinks.Delivery, ex *Explanation) []si
 			r.logger.Error("rules: user channel: encoding the event", "event_id", ev.ID, "err", err)
 			break
 		}
-		ch := event.UserChannel(ev.Project.OwnerID)
+		u := r.userChannel(ev.Project.OwnerID)
 		d := sinks.Delivery{
 			EventID: ev.ID, Event: *ev, Route: ImplicitRoute, Sink: r.user.name, SinkType: r.user.typ.Name,
-			Target: ch + " " + event.TypeBuildStateChanged, Body: append([]byte(nil), body...),
-			ContentType: "application/json",
-			Params:      map[string]string{"channel": ch, "event": event.TypeBuildStateChanged},
+			Target: u.target, Body: body, ContentType: "application/json", Params: u.params,
 		}
 		rr.Matched = true
-		rr.Targets = []TargetResult{{Sink: d.Sink, Target: d.Target, Delivery: len(out)}}
+		if ex != nil {
+			rr.Targets = []TargetResult{{Sink: d.Sink, Target: d.Target, Delivery: len(out)}}
+		}
 		out = append(out, d)
 	}
 	if ex != nil {
@@ -463,18 +633,35 @@ func (r *Rules) implicit(x *evalCtx, out []sinks.Delivery, ex *Explanation) []si
 	return out
 }
 
+// userTarget is the destination of one user's channel.
+type userTarget struct {
+	target string
+	params map[string]string // shared, read-only
+}
+
+// maxUserCache bounds the cache of user channels.
+const maxUserCache = 100_000
+
+// userChannel returns the channel of a project owner, cached.
+func (r *Rules) userChannel(owner int64) *userTarget {
+	if u, ok := r.users.Load(owner); ok {
+		return u.(*userTarget)
+	}
+	ch := event.UserChannel(owner)
+	u := &userTarget{target: ch + " " + event.TypeBuildStateChanged,
+		params: map[string]string{"channel": ch, "event": event.TypeBuildStateChanged}}
+	if r.userCount.Add(1) <= maxUserCache {
+		r.users.Store(owner, u)
+	}
+	return u
+}
+
 // resolve renders a target's parameters and computes its destination key.
 // It returns the failing slot (nil for a Target error) with the error.
 func (t *target) resolve(x *evalCtx) (map[string]string, string, *slot, error) {
 	if t.static {
-		if t.sTargErr != nil {
-			return nil, "", nil, t.sTargErr
-		}
-		p := make(map[string]string, len(t.sParams))
-		for k, v := range t.sParams {
-			p[k] = v
-		}
-		return p, t.sTarget, nil, nil
+		// Shared by every delivery of the target: read-only.
+		return t.sParams, t.sTarget, nil, t.sTargErr
 	}
 	p := make(map[string]string, len(t.params))
 	for _, s := range t.params {
@@ -500,21 +687,20 @@ func (t *target) targetKey(p map[string]string) (string, error) {
 // renderPart renders the body or subject, falling back to the type's
 // default template when the configured one fails on this event.
 func (r *Rules) renderPart(x *evalCtx, rt *route, s *slot) ([]byte, string, error) {
-	x.buf.Reset()
-	err := s.render(x, &x.buf)
+	out, err := x.renderShared(s)
 	if err == nil {
-		return bytes.Clone(x.buf.Bytes()), "", nil
+		return out, "", nil
 	}
 	r.logger.Warn("rules: template failed; using the default", "route", rt.name, "template", s.path, "event_id", x.ev.ID, "err", err)
 	note := fmt.Sprintf("%s failed (%v); the default was used", s.path, err)
 	if s.fallback == nil {
 		return nil, note, err
 	}
-	x.buf.Reset()
-	if err2 := s.fallback.render(x, &x.buf); err2 != nil {
-		return nil, note, err2
+	out, err = x.renderShared(&slot{r: s.fallback})
+	if err != nil {
+		return nil, note, err
 	}
-	return bytes.Clone(x.buf.Bytes()), note, nil
+	return out, note, nil
 }
 
 func (r *Rules) deliver(x *evalCtx, rt *route, t *target, out []sinks.Delivery, rr *RouteResult) []sinks.Delivery {
@@ -535,11 +721,9 @@ func (r *Rules) deliver(x *evalCtx, rt *route, t *target, out []sinks.Delivery, 
 		return out
 	}
 	res.Target = key
-	for i := range out {
-		if out[i].Sink == t.sink.name && out[i].Target == key {
-			res.Note = fmt.Sprintf("duplicate of the delivery from route %q", out[i].Route)
-			return out
-		}
+	if i := x.seen(out, t.sink.name, key); i >= 0 {
+		res.Note = fmt.Sprintf("duplicate of the delivery from route %q", out[i].Route)
+		return out
 	}
 	d := sinks.Delivery{EventID: x.ev.ID, Event: *x.ev, Route: rt.name, Sink: t.sink.name,
 		SinkType: t.sink.typ.Name, Target: key, Params: params, ContentType: t.sink.typ.ContentType}
@@ -604,6 +788,9 @@ func (l *loader) target(rt *route, path string, n *yaml.Node, s *sinkInst, over 
 			if sl.items == nil {
 				continue
 			}
+			if lits, ok := literals(sl.items); ok {
+				sl.items, sl.static = nil, strings.Join(lits, ", ")
+			}
 		case sinks.KindTemplate, sinks.KindHTMLTemplate:
 			src := v.Text()
 			if src == "" && st.Role == sinks.RoleParam {
@@ -617,6 +804,7 @@ func (l *loader) target(rt *route, path string, n *yaml.Node, s *sinkInst, over 
 			}
 			if lit, isLit := r.(literalRenderer); isLit {
 				sl.static = string(lit)
+				sl.staticBytes = []byte(lit)
 			} else {
 				sl.r = r
 			}
@@ -669,6 +857,18 @@ func (l *loader) target(rt *route, path string, n *yaml.Node, s *sinkInst, over 
 		}
 	}
 	return t
+}
+
+func literals(rs []renderer) ([]string, bool) {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		lit, ok := r.(literalRenderer)
+		if !ok {
+			return nil, false
+		}
+		out[i] = string(lit)
+	}
+	return out, true
 }
 
 // couldReceive reports whether the route's fixed conditions (state,

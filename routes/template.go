@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	texttemplate "text/template"
+	"text/template/parse"
 	"time"
 	"unicode/utf8"
 
@@ -202,13 +203,81 @@ type renderer interface {
 	render(x *evalCtx, w *bytes.Buffer) error
 }
 
+// MaxRender bounds one rendered message.
+const MaxRender = 1 << 20
+
+// errTooLarge stops a template whose output passes MaxRender.
+var errTooLarge = fmt.Errorf("rendered message larger than %d bytes", MaxRender)
+
+// limitedWriter fails writes past MaxRender bytes.
+type limitedWriter struct {
+	b *bytes.Buffer
+	n int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.n+len(p) > MaxRender {
+		return 0, errTooLarge
+	}
+	l.n += len(p)
+	return l.b.Write(p)
+}
+
 type textRenderer struct{ t *texttemplate.Template }
 
-func (r textRenderer) render(x *evalCtx, w *bytes.Buffer) error { return r.t.Execute(w, &x.data) }
+func (r textRenderer) render(x *evalCtx, w *bytes.Buffer) error {
+	x.lw = limitedWriter{b: w}
+	return r.t.Execute(&x.lw, &x.data)
+}
 
 type htmlRenderer struct{ t *htmltemplate.Template }
 
-func (r htmlRenderer) render(x *evalCtx, w *bytes.Buffer) error { return r.t.Execute(w, &x.data) }
+func (r htmlRenderer) render(x *evalCtx, w *bytes.Buffer) error {
+	x.lw = limitedWriter{b: w}
+	return r.t.Execute(&x.lw, &x.data)
+}
+
+// maxRangeLiteral bounds {{range N}}: a template must not loop for long.
+const maxRangeLiteral = 1000
+
+// checkTree refuses what could make one render take long.
+func checkTree(n parse.Node) error {
+	switch n := n.(type) {
+	case *parse.ListNode:
+		if n == nil {
+			return nil
+		}
+		for _, c := range n.Nodes {
+			if err := checkTree(c); err != nil {
+				return err
+			}
+		}
+	case *parse.RangeNode:
+		if p := n.Pipe; p != nil && len(p.Cmds) > 0 {
+			for _, arg := range p.Cmds[len(p.Cmds)-1].Args {
+				if num, ok := arg.(*parse.NumberNode); ok && (!num.IsInt || num.Int64 > maxRangeLiteral) {
+					return fmt.Errorf("range over %s: at most %d", num.Text, maxRangeLiteral)
+				}
+			}
+		}
+		return checkBranch(&n.BranchNode)
+	case *parse.IfNode:
+		return checkBranch(&n.BranchNode)
+	case *parse.WithNode:
+		return checkBranch(&n.BranchNode)
+	}
+	return nil
+}
+
+func checkBranch(b *parse.BranchNode) error {
+	if err := checkTree(b.List); err != nil {
+		return err
+	}
+	if b.ElseList != nil {
+		return checkTree(b.ElseList)
+	}
+	return nil
+}
 
 // literalRenderer is a template without actions.
 type literalRenderer string
@@ -239,6 +308,26 @@ func (eventTypeRenderer) render(x *evalCtx, w *bytes.Buffer) error {
 	return nil
 }
 
+// sameOnSamples checks a fast template against text/template on every
+// sample event: same output, or errSlow where text/template fails.
+func sameOnSamples(f *fastTemplate, slow textRenderer) bool {
+	for _, ev := range allSamples {
+		x := newCtx(&ev)
+		var a, b bytes.Buffer
+		errS := slow.render(x, &a)
+		errF := f.exec(x, &b)
+		x.release()
+		switch {
+		case errF == errSlow:
+		case errF != nil, errS != nil, !bytes.Equal(a.Bytes(), b.Bytes()):
+			return false
+		}
+	}
+	return true
+}
+
+var allSamples = sampleEvents(KnownEvents)
+
 // templates compiles templates once per source within one load.
 type templates struct {
 	cache map[string]renderer
@@ -265,13 +354,22 @@ func (ts *templates) compile(name, src string, html bool) (renderer, error) {
 		if err != nil {
 			return nil, templateError(err)
 		}
+		if err := checkTree(t.Tree.Root); err != nil {
+			return nil, fmt.Errorf("template: %w", err)
+		}
 		r = htmlRenderer{t}
 	default:
 		t, err := texttemplate.New(name).Funcs(texttemplate.FuncMap(Funcs)).Parse(src)
 		if err != nil {
 			return nil, templateError(err)
 		}
+		if err := checkTree(t.Tree.Root); err != nil {
+			return nil, fmt.Errorf("template: %w", err)
+		}
 		r = textRenderer{t}
+		if f := compileFast(t.Tree.Root); f != nil && sameOnSamples(f, textRenderer{t}) {
+			r = fastRenderer{fast: f, slow: textRenderer{t}}
+		}
 	}
 	if ts.cache == nil {
 		ts.cache = map[string]renderer{}

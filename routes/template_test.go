@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	texttemplate "text/template"
 	"time"
 
 	"github.com/buildbridge/buildbridge/builds"
@@ -33,21 +34,18 @@ func TestFuncs(t *testing.T) {
 	}
 	data := map[string]any{"a": "<b>", "n": 1}
 	for _, c := range cases {
-		ts := &templates{}
-		r, err := ts.compile("t", c.src, false)
+		tm, err := texttemplate.New("t").Funcs(Funcs).Parse(c.src)
 		if err != nil {
 			t.Fatalf("%s: %v", c.src, err)
 		}
-		x := &evalCtx{}
 		var dot any = data
 		if !strings.Contains(c.src, "json .") {
 			dot = map[string]any{"ms": &ms, "nilms": (*int64)(nil), "list": []string{"a", "b"}, "when": when, "whenp": &when}
 		}
 		var b bytes.Buffer
-		if err := r.(textRenderer).t.Execute(&b, dot); err != nil {
+		if err := tm.Execute(&b, dot); err != nil {
 			t.Fatalf("%s: %v", c.src, err)
 		}
-		_ = x
 		if b.String() != c.want {
 			t.Errorf("%s = %q, want %q", c.src, b.String(), c.want)
 		}
@@ -76,7 +74,7 @@ routes:
 			if len(d.Body) == 0 || d.ContentType == "" {
 				t.Errorf("%s/%s: empty body or content type", ev.ID, d.Sink)
 			}
-			if d.SinkType == "email" && (d.Subject == "" || !strings.Contains(d.Params["html"], "<html>")) {
+			if d.SinkType == "email" && (d.Subject == "" || d.Params["html"] != "") {
 				t.Errorf("%s: email subject %q html %q", ev.ID, d.Subject, d.Params["html"])
 			}
 			if strings.Contains(string(d.Body), "<no value>") || strings.Contains(string(d.Body), "<nil>") {

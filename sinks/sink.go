@@ -30,6 +30,9 @@ import (
 
 // Delivery is one message for one destination: the event, the sink
 // instance that delivers it, and the message rendered by the rules.
+//
+// Body and Params may be shared with other deliveries of the same event
+// (one template rendered once for several targets): they are read-only.
 type Delivery struct {
 	// EventID is the event's stable id; with Sink and Target it identifies
 	// the delivery across redeliveries.

@@ -8,10 +8,10 @@ import (
 )
 
 // Email is the specification of the email type: mail sent over SMTP, with
-// a text body and, by default, an HTML alternative.
+// a text body and, when an html template is set, an HTML alternative.
 var Email = Type{
 	Name:        "email",
-	Doc:         "email over SMTP (text body with an HTML alternative)",
+	Doc:         "email over SMTP (a text body, and an optional HTML alternative)",
 	ContentType: "text/plain; charset=utf-8",
 	Settings: []Setting{
 		{Name: "host", Kind: KindString, Required: true, Doc: "SMTP server host"},
@@ -25,8 +25,8 @@ var Email = Type{
 			Doc: "recipient addresses (templates, e.g. {{.Build.AuthorEmail}})"},
 		{Name: "subject", Kind: KindTemplate, Role: RoleSubject, Override: true, Default: EmailSubject, Doc: "subject (a template)"},
 		{Name: "template", Kind: KindTemplate, Role: RoleBody, Override: true, Default: EmailText, Doc: "text body (a template)"},
-		{Name: "html", Kind: KindHTMLTemplate, Role: RoleParam, Override: true, Default: EmailHTML,
-			Doc: "HTML body (an html/template); empty string: text only"},
+		{Name: "html", Kind: KindHTMLTemplate, Role: RoleParam, Override: true,
+			Doc: "HTML alternative (an html/template); none by default: text only"},
 	},
 	Check:  checkEmail,
 	Target: emailTarget,
@@ -47,19 +47,6 @@ Duration: {{duration .}}{{end}}{{with .Build.URL}}
 {{with .Data}}
 {{json .}}
 {{end}}{{end}}`
-	EmailHTML = `<!doctype html>
-<html><body style="font-family: sans-serif">
-{{if .Build}}<h2>{{icon .Build.Status}} Build #{{.Build.Number}} of {{with .Project}}{{.Name}}{{end}}: {{.Build.Status}}</h2>
-<table>
-<tr><td>Branch</td><td><code>{{.Build.Branch}}</code></td></tr>
-<tr><td>Commit</td><td><code>{{short .Build.SHA}}</code> {{firstLine .Build.Message}}</td></tr>
-<tr><td>Author</td><td>{{.Build.Author}}</td></tr>{{with .Build.DurationMS}}
-<tr><td>Duration</td><td>{{duration .}}</td></tr>{{end}}
-</table>{{with .Build.URL}}
-<p><a href="{{.}}">Open the build</a></p>{{end}}
-{{else}}<h2>{{.Event.Type}}</h2>{{with .Data}}
-<pre>{{json .}}</pre>{{end}}
-{{end}}</body></html>`
 )
 
 func init() { Register(Email) }

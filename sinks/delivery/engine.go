@@ -173,7 +173,9 @@ type Engine struct {
 	closed     bool
 
 	wake           chan struct{}
-	recs           chan store.SinkAttemptRecord
+	recMu          sync.RWMutex // guards sends on recs against its close
+	recs           chan recOp
+	recOpen        bool
 	bg             context.Context
 	stopBG         context.CancelFunc
 	attemptCtx     context.Context
@@ -208,7 +210,7 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: cfg.Logger.With("component", "delivery"),
 		sinks: map[string]*sinkEntry{}, targets: map[tkey]*target{}, items: map[int64]*item{},
 		unrecorded: map[int64]bool{}, skipped: map[string]bool{},
-		wake: make(chan struct{}, 1), recs: make(chan store.SinkAttemptRecord, 1024)}
+		wake: make(chan struct{}, 1), recs: make(chan recOp, 1024)}
 	e.bg, e.stopBG = context.WithCancel(context.Background())
 	e.attemptCtx, e.cancelAttempts = context.WithCancel(context.Background())
 	var err error
@@ -332,6 +334,9 @@ func (e *Engine) Start(ctx context.Context) error {
 		e.kick(t, now)
 	}
 	e.mu.Unlock()
+	e.recMu.Lock()
+	e.recOpen = true
+	e.recMu.Unlock()
 	e.background.Add(3)
 	go e.schedule()
 	go e.recorder()
@@ -349,7 +354,6 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed, e.running = true, false
-	started := e.started
 	if e.stopTimer != nil {
 		e.stopTimer()
 	}
@@ -364,9 +368,12 @@ func (e *Engine) Close() error {
 		<-done
 	}
 	e.cancelAttempts()
-	if started {
-		close(e.recs) // no worker is left to send
+	e.recMu.Lock()
+	if e.recOpen {
+		e.recOpen = false
+		close(e.recs)
 	}
+	e.recMu.Unlock()
 	e.background.Wait()
 	e.mu.Lock()
 	var ents []*sinkEntry
@@ -734,13 +741,13 @@ func (e *Engine) sleep(ctx context.Context, d time.Duration) bool {
 
 // effects are what finishing an attempt does outside the engine's lock.
 type effects struct {
-	rec        *store.SinkAttemptRecord
-	t          *target
-	failing    *time.Time // set the endpoint's failing-since
-	healthy    bool       // clear it
-	disable    string     // disable the endpoint with this reason
-	closeSink  *sinkEntry
-	unrecorded int64
+	rec       *store.SinkAttemptRecord
+	t         *target
+	failing   *time.Time // set the endpoint's failing-since
+	healthy   bool       // clear it
+	disable   string     // the endpoint was disabled for this reason: persist it
+	dropped   []*item    // the items that disabling took out of the queue
+	closeSink *sinkEntry
 }
 
 // finish applies an attempt's result to the item and its target.
@@ -788,6 +795,7 @@ func (e *Engine) finish(t *target, it *item, ent *sinkEntry, pol *Policy, res re
 	case c.Gone:
 		a.Outcome, rec.Status = store.OutcomeGone, store.DeliveryFailed
 		fx.disable = a.Error
+		fx.dropped = e.markDisabled(t, fx.disable)
 	case c.Permanent:
 		a.Outcome, rec.Status = store.OutcomePermanent, store.DeliveryFailed
 	case it.tries >= len(pol.Schedule):
@@ -817,6 +825,10 @@ func (e *Engine) finish(t *target, it *item, ent *sinkEntry, pol *Policy, res re
 		if fx.disable == "" && !t.disabled && pol.DisableAfter > 0 && now.Sub(t.failing) >= pol.DisableAfter {
 			fx.disable = fmt.Sprintf("failing without a success since %s (%s); last error: %s",
 				t.failing.UTC().Format(time.RFC3339), now.Sub(t.failing).Round(time.Second), a.Error)
+			fx.dropped = e.markDisabled(t, fx.disable)
+			if rec.Status == store.DeliveryPending {
+				a.Outcome, rec.Status, rec.NextAt = store.OutcomeFailed, store.DeliveryFailed, nil
+			}
 		}
 	}
 	rec.Attempt = a
@@ -838,7 +850,7 @@ func (e *Engine) finish(t *target, it *item, ent *sinkEntry, pol *Policy, res re
 // apply carries out an attempt's effects, outside the lock.
 func (e *Engine) apply(fx effects) {
 	if fx.rec != nil {
-		e.recs <- *fx.rec
+		e.send(recOp{rec: *fx.rec})
 	}
 	ctx := e.bg
 	if fx.failing != nil || fx.healthy {
@@ -847,7 +859,7 @@ func (e *Engine) apply(fx effects) {
 		}
 	}
 	if fx.disable != "" {
-		if err := e.disable(ctx, fx.t, fx.disable); err != nil && ctx.Err() == nil {
+		if err := e.persistDisable(ctx, fx.t, fx.disable, fx.dropped); err != nil && ctx.Err() == nil {
 			e.log.Error("disabling an endpoint", "sink", fx.t.sink, "target", fx.t.name, "err", err)
 		}
 	}
@@ -856,26 +868,70 @@ func (e *Engine) apply(fx effects) {
 	}
 }
 
+// recOp is a record to write, or a barrier: done is closed once every
+// record sent before it is written.
+type recOp struct {
+	rec  store.SinkAttemptRecord
+	done chan struct{}
+}
+
+// send hands an op to the recorder; false when it is not running.
+func (e *Engine) send(op recOp) bool {
+	e.recMu.RLock()
+	defer e.recMu.RUnlock()
+	if !e.recOpen {
+		return false
+	}
+	e.recs <- op
+	return true
+}
+
+// flush waits until the records sent so far are written.
+func (e *Engine) flush(ctx context.Context) {
+	done := make(chan struct{})
+	if !e.send(recOp{done: done}) {
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
 // recorder writes attempt records in batches: one transaction for all
 // that are waiting, so the store keeps up with many targets at once.
 func (e *Engine) recorder() {
 	defer e.background.Done()
 	batch := make([]store.SinkAttemptRecord, 0, 256)
-	for rec := range e.recs {
-		batch = append(batch[:0], rec)
+	var barriers []chan struct{}
+	add := func(op recOp) {
+		if op.done != nil {
+			barriers = append(barriers, op.done)
+		} else {
+			batch = append(batch, op.rec)
+		}
+	}
+	for op := range e.recs {
+		batch, barriers = batch[:0], barriers[:0]
+		add(op)
 	more:
 		for len(batch) < cap(batch) {
 			select {
-			case r, ok := <-e.recs:
+			case op, ok := <-e.recs:
 				if !ok {
 					break more
 				}
-				batch = append(batch, r)
+				add(op)
 			default:
 				break more
 			}
 		}
-		e.write(batch)
+		if len(batch) > 0 {
+			e.write(batch)
+		}
+		for _, b := range barriers {
+			close(b)
+		}
 	}
 }
 
@@ -986,16 +1042,14 @@ func (e *Engine) notifyPending(ctx context.Context) {
 	}
 }
 
-// disable disables a target: its queued deliveries fail, new ones fail
-// at once, and an endpoint-disabled event is emitted.
-func (e *Engine) disable(ctx context.Context, t *target, reason string) error {
-	e.mu.Lock()
+// markDisabled marks a target disabled and takes its queued items out;
+// nil when it was disabled already. Called with e.mu held.
+func (e *Engine) markDisabled(t *target, reason string) []*item {
 	if t.disabled {
-		e.mu.Unlock()
 		return nil
 	}
 	t.disabled, t.reason = true, reason
-	var dropped []*item
+	dropped := []*item{}
 	for id, it := range e.items {
 		if it.t == t && !it.inflight {
 			t.remove(it)
@@ -1003,9 +1057,30 @@ func (e *Engine) disable(ctx context.Context, t *target, reason string) error {
 			dropped = append(dropped, it)
 		}
 	}
+	return dropped
+}
+
+// disable disables a target: its queued deliveries fail, new ones fail
+// at once, and an endpoint-disabled event is emitted.
+func (e *Engine) disable(ctx context.Context, t *target, reason string) error {
+	e.mu.Lock()
+	dropped := e.markDisabled(t, reason)
+	e.mu.Unlock()
+	if dropped == nil {
+		return nil
+	}
+	return e.persistDisable(ctx, t, reason, dropped)
+}
+
+// persistDisable stores a disabling marked in memory (undoing it when
+// the store fails) and emits the endpoint-disabled event.
+func (e *Engine) persistDisable(ctx context.Context, t *target, reason string, dropped []*item) error {
+	// Attempt records of this target sent before must not land after
+	// the transaction that fails its pending deliveries.
+	e.flush(ctx)
+	e.mu.Lock()
 	failing := t.failing
 	e.mu.Unlock()
-
 	at := e.cfg.Now().UTC().Truncate(time.Millisecond)
 	id := endpointEventID(t.sink, t.name, at)
 	changed, n, err := e.cfg.Store.DisableSinkEndpoint(ctx, t.sink, t.name, reason, id, at)
