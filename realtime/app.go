@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"encoding/json"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -177,9 +178,7 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 				UserID   string          `json:"user_id"`
 				UserInfo json.RawMessage `json:"user_info,omitempty"`
 			}{m.UserID, info})
-			e.messages = append(e.messages, Message{Kind: KindEvent, AppID: a.cfg.ID,
-				Channels: []string{name}, Event: "pusher_internal:member_added", Data: string(data),
-				ExcludeSocketID: c.id})
+			a.presenceChangeLocked(&e, ch, "pusher_internal:member_added", string(data), c.id)
 			e.webhooks = append(e.webhooks, WebhookEvent{Name: WebhookMemberAdded, Channel: name, UserID: m.UserID})
 		}
 		mb.n++
@@ -189,6 +188,21 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 	a.countChangedLocked(ch)
 	a.mu.Unlock()
 	a.apply(&e)
+}
+
+// presenceChangeLocked delivers a member_added or member_removed event to
+// this node's subscribers at once, under the lock that ordered the
+// change (so that a socket joining just after is not told of a member it
+// already got in its list), and has the broker carry it to other nodes.
+func (a *app) presenceChangeLocked(e *effects, ch *channel, event, data, exclude string) {
+	f := textFrame(eventFrame(event, ch.name, data, ""))
+	for sub := range ch.subs {
+		if sub.id != exclude {
+			sub.sendFrame(f)
+		}
+	}
+	e.messages = append(e.messages, Message{Kind: KindEvent, AppID: a.cfg.ID, Channels: []string{ch.name},
+		Event: event, Data: data, ExcludeSocketID: exclude, Origin: a.srv.node, OriginDelivered: true})
 }
 
 // succeededFrameLocked is pusher_internal:subscription_succeeded for ch.
@@ -252,10 +266,7 @@ func (a *app) leaveLocked(c *conn, ch *channel, e *effects) {
 				data, _ := json.Marshal(struct {
 					UserID string `json:"user_id"`
 				}{uid})
-				if len(ch.subs) > 0 {
-					e.messages = append(e.messages, Message{Kind: KindEvent, AppID: a.cfg.ID,
-						Channels: []string{ch.name}, Event: "pusher_internal:member_removed", Data: string(data)})
-				}
+				a.presenceChangeLocked(e, ch, "pusher_internal:member_removed", string(data), "")
 				e.webhooks = append(e.webhooks, WebhookEvent{Name: WebhookMemberRemoved, Channel: ch.name, UserID: uid})
 			}
 		}
@@ -284,10 +295,10 @@ func (a *app) countChangedLocked(ch *channel) {
 }
 
 func (a *app) sendCountLocked(ch *channel) {
-	f := eventFrame("pusher_internal:subscription_count", ch.name,
-		`{"subscription_count":`+itoa(int64(len(ch.subs)))+`}`, "")
+	f := textFrame(eventFrame("pusher_internal:subscription_count", ch.name,
+		`{"subscription_count":`+itoa(int64(len(ch.subs)))+`}`, ""))
 	for c := range ch.subs {
-		c.send(f)
+		c.sendFrame(f)
 	}
 }
 
@@ -403,19 +414,46 @@ func (a *app) bind(id, owner string) bool {
 	return true
 }
 
-// fanout queues frame for every subscriber of the channel but exclude.
+// parallelFanout is the channel size from which a fan-out is split over
+// GOMAXPROCS goroutines: each delivery is a write system call, and large
+// channels are bound by them.
+const parallelFanout = 512
+
+// fanout hands frame (a complete WebSocket frame) to every subscriber of
+// the channel but exclude. It returns when every subscriber has written
+// or queued it.
 func (a *app) fanout(name string, frame []byte, exclude string) {
 	a.mu.RLock()
-	defer a.mu.RUnlock()
 	ch := a.channels[name]
-	if ch == nil {
+	if ch == nil || len(ch.subs) < parallelFanout {
+		if ch != nil {
+			for c := range ch.subs {
+				if c.id != exclude {
+					c.sendFrame(frame)
+				}
+			}
+		}
+		a.mu.RUnlock()
 		return
 	}
+	subs := make([]*conn, 0, len(ch.subs))
 	for c := range ch.subs {
 		if c.id != exclude {
-			c.send(frame)
+			subs = append(subs, c)
 		}
 	}
+	a.mu.RUnlock()
+	parts := runtime.GOMAXPROCS(0)
+	size := (len(subs) + parts - 1) / parts
+	var wg sync.WaitGroup
+	for part := range slices.Chunk(subs, size) {
+		wg.Go(func() {
+			for _, c := range part {
+				c.sendFrame(frame)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // terminateUser closes the connections signed in as user.
@@ -427,6 +465,31 @@ func (a *app) terminateUser(user string) int {
 		c.closeWith(CodeUnauthorized, "connections of this user were terminated")
 	}
 	return len(list)
+}
+
+// sweep checks every connection for a stuck write or a missing pong and
+// pings the silent ones. now is cfg.Now, wallNow time.Now, in unix nanos.
+func (a *app) sweep(now, wallNow, activity, pong, writeTimeout int64) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, c := range a.conns {
+		if ws := c.writeStart.Load(); ws != 0 && wallNow-ws >= writeTimeout {
+			// A client that does not read: fail the stuck write.
+			a.srv.log.Debug("realtime: write timeout", "app", a.cfg.ID, "socket_id", c.id)
+			_ = c.nc.Close()
+			continue
+		}
+		if sent := c.pingSent.Load(); sent != 0 {
+			if now-sent >= pong {
+				c.closeWith(CodePongTimeout, "Pong reply not received")
+			}
+			continue
+		}
+		if now-c.lastSeen.Load() >= activity {
+			c.pingSent.Store(now)
+			c.sendFrame(pingFrame)
+		}
+	}
 }
 
 func (a *app) allConns() []*conn {

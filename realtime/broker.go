@@ -44,6 +44,12 @@ type Message struct {
 	// KindTerminateUser or the owner of KindBindSocket.
 	UserID   string `json:"user_id,omitempty"`
 	SocketID string `json:"socket_id,omitempty"`
+	// Origin names the node that published the message. With
+	// OriginDelivered set, that node has delivered it to its own
+	// connections already (presence changes, delivered under the lock
+	// that orders them) and skips it.
+	Origin          string `json:"origin,omitempty"`
+	OriginDelivered bool   `json:"origin_delivered,omitempty"`
 }
 
 // ErrBrokerClosed is returned by a closed MemoryBroker.

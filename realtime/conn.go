@@ -12,17 +12,21 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
 )
 
 // Buffer sizes of an upgraded connection. net/http hands a hijacked
-// connection 4 KiB read and write buffers; Pusher frames are small, and
-// these two buffers are most of an idle connection's memory.
+// connection 4 KiB read and write buffers; they would be most of an idle
+// connection's memory. Reads need little: Pusher messages are small and
+// bufio reads large payloads directly. The write buffer only carries the
+// WebSocket library's own control frames (close), which must fit whole so
+// that each goes out in one write: data frames are written directly.
 const (
 	connReadBufSize  = 512
-	connWriteBufSize = 1024
+	connWriteBufSize = 256
 )
 
 // maxSubscriptionsPerConn bounds the channels one connection may hold, so
@@ -32,6 +36,13 @@ const maxSubscriptionsPerConn = 1000
 // conn is one client connection. Its read loop is the only goroutine it
 // always holds; a writer goroutine runs only while frames are queued.
 //
+// Writing: data frames are framed once per event and written straight to
+// the raw connection by the writer goroutine, several at a time with
+// writev; the WebSocket library writes only control frames: the reply to
+// a client's close frame, and the close handshake. WebSocket pings are
+// answered through the queue (OnPingReceived), so no two goroutines write
+// at once except for a close reply, which goes out in one write.
+//
 // Closing: closeWith marks the connection closing (nothing more is
 // queued), the writer sends what is queued, then wakes the read loop
 // (a read deadline in the past), which runs the close handshake itself.
@@ -40,12 +51,19 @@ type conn struct {
 	srv *Server
 	app *app
 	ws  *websocket.Conn
-	nc  net.Conn      // the raw connection
-	br  *bufio.Reader // the WebSocket library's read buffer, which we own
-	id  string        // socket_id
+	nc  net.Conn        // the raw connection
+	rc  syscall.RawConn // nc's descriptor, for non-blocking writes; may be nil
+	br  *bufio.Reader   // the WebSocket library's read buffer, which we own
+	id  string          // socket_id
+	// live is set before the read loop starts; a connection being
+	// refused is never live.
+	live bool
 
 	lastSeen atomic.Int64 // unix nanos of the last message received
 	pingSent atomic.Int64 // unix nanos of an unanswered pusher:ping, or 0
+	// writeStart is when the current write began (time.Now, unix nanos),
+	// or 0: the sweeper drops connections stuck in a write.
+	writeStart atomic.Int64
 
 	// Guarded by app.mu.
 	subs  []*channel
@@ -57,24 +75,59 @@ type conn struct {
 	rateN   int
 
 	mu         sync.Mutex // guards the fields below
-	queue      [][]byte
-	writing    bool // a writer goroutine is running
-	closing    bool // nothing more is queued
-	closeReady bool // the queue is flushed: the read loop may close
+	queue      [][]byte   // complete WebSocket frames
+	writing    bool       // the write token is held (writer goroutine or an inline write)
+	closing    bool       // nothing more is queued
+	closeReady bool       // the queue is flushed: the read loop may close
 	closeCode  websocket.StatusCode
 	closeMsg   string
 	writers    sync.WaitGroup
 }
 
-// send queues frame for the client without blocking. A connection whose
-// queue is full is closed with 4200: a slow reader must not hold up
-// publishers. frame is shared and must not be modified afterwards.
-func (c *conn) send(frame []byte) {
+// send queues a JSON message for the client.
+func (c *conn) send(payload []byte) { c.sendFrame(textFrame(payload)) }
+
+func (c *conn) sendError(code int, msg string) { c.send(errorFrame(code, msg)) }
+
+// sendFrame hands a complete WebSocket frame to the connection without
+// blocking. When nothing is pending it writes the frame at once with a
+// non-blocking write, which is the common case and costs no goroutine;
+// whatever the socket does not take is queued for a writer goroutine. A
+// connection whose queue is full is closed with 4200: a slow reader must
+// not hold up publishers. frame may be shared and is never modified.
+func (c *conn) sendFrame(frame []byte) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closing {
+		c.mu.Unlock()
 		return
 	}
+	if c.writing || len(c.queue) > 0 || c.rc == nil {
+		c.enqueueLocked(frame)
+		c.mu.Unlock()
+		return
+	}
+	c.writing = true // the write token: nobody else writes meanwhile
+	c.mu.Unlock()
+
+	n, err := tryWrite(c.rc, frame)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writing = false
+	switch {
+	case err != nil:
+		c.brokenLocked()
+	case n < len(frame):
+		// The rest goes first, ahead of what others queued meanwhile.
+		c.queue = append([][]byte{frame[n:]}, c.queue...)
+		c.startWriterLocked()
+	case len(c.queue) > 0 || c.closing:
+		c.startWriterLocked()
+	}
+}
+
+// enqueueLocked queues frame for the writer goroutine.
+func (c *conn) enqueueLocked(frame []byte) {
 	if len(c.queue) >= c.srv.cfg.SendQueueSize {
 		c.queue = nil
 		c.startCloseLocked(CodeReconnect, "slow consumer: send queue full")
@@ -84,7 +137,24 @@ func (c *conn) send(frame []byte) {
 	c.startWriterLocked()
 }
 
-func (c *conn) sendError(code int, msg string) { c.send(errorFrame(code, msg)) }
+// brokenLocked ends a connection whose write failed: no close handshake,
+// the read loop just ends.
+func (c *conn) brokenLocked() {
+	_ = c.nc.Close()
+	c.queue = nil
+	c.startCloseLocked(websocket.StatusGoingAway, "")
+	c.closeCode, c.closeMsg = websocket.StatusGoingAway, ""
+}
+
+// onPing answers a WebSocket ping through the queue; returning false
+// stops the library from writing the pong itself.
+func (c *conn) onPing(_ context.Context, payload []byte) bool {
+	if !c.live {
+		return true // a refused connection: the library answers
+	}
+	c.sendFrame(wsFrame(opPong, payload))
+	return false
+}
 
 // closeWith sends the queued frames, then closes the connection with code.
 func (c *conn) closeWith(code int, reason string) {
@@ -133,22 +203,19 @@ func (c *conn) writeLoop() {
 		batch, c.queue = c.queue, batch[:0]
 		c.mu.Unlock()
 
-		// A write deadline on the raw connection instead of a context per
-		// frame: no allocation, and a stalled reader fails the write.
-		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-		for _, f := range batch {
-			if err := c.ws.Write(context.Background(), websocket.MessageText, f); err != nil {
-				// The connection is broken: no close handshake, the read
-				// loop just ends.
-				c.mu.Lock()
-				c.queue = nil
-				c.startCloseLocked(websocket.StatusGoingAway, "")
-				c.closeCode, c.closeMsg = websocket.StatusGoingAway, ""
-				c.mu.Unlock()
-				break
-			}
-		}
+		// The sweeper closes the connection if this write outlasts
+		// WriteTimeout (a stalled reader); cheaper than setting a deadline
+		// twice per batch.
+		c.writeStart.Store(time.Now().UnixNano())
+		bufs := net.Buffers(batch)
+		_, err := bufs.WriteTo(c.nc)
+		c.writeStart.Store(0)
 		clear(batch)
+		if err != nil {
+			c.mu.Lock()
+			c.brokenLocked()
+			c.mu.Unlock()
+		}
 		if cap(batch) > 16 {
 			batch = nil // do not keep a burst's backing array
 		}
@@ -242,7 +309,7 @@ func (c *conn) handle(data []byte) {
 	}
 	switch m.Event {
 	case "pusher:ping":
-		c.send(pongFrame)
+		c.sendFrame(pongFrame)
 	case "pusher:pong":
 		// Activity was recorded on receipt.
 	case "pusher:subscribe":
@@ -382,6 +449,7 @@ func (c *conn) clientEvent(m *inMessage) {
 type smallBufferHijacker struct {
 	http.ResponseWriter
 	nc net.Conn
+	rc syscall.RawConn
 	br *bufio.Reader
 }
 
@@ -404,6 +472,9 @@ func (h *smallBufferHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.nc = nc
+	if sc, ok := nc.(syscall.Conn); ok && canTryWrite {
+		h.rc, _ = sc.SyscallConn()
+	}
 	h.br = bufio.NewReaderSize(r, connReadBufSize)
 	return nc, bufio.NewReadWriter(h.br, bufio.NewWriterSize(nc, connWriteBufSize)), nil
 }

@@ -278,9 +278,37 @@ func subscriptionErrorFrame(channel, typ, message string, status int) []byte {
 	return eventFrame("pusher:subscription_error", channel, string(data), "")
 }
 
+// WebSocket frames. The server writes data frames to the connection
+// itself: each event is framed once and the same bytes are written to
+// every subscriber (see conn.writeLoop).
+const (
+	opText = 0x1
+	opPong = 0xA
+)
+
+// wsFrame returns a final, unmasked server frame holding payload.
+func wsFrame(op byte, payload []byte) []byte {
+	n := len(payload)
+	b := make([]byte, 0, n+10)
+	b = append(b, 0x80|op)
+	switch {
+	case n <= 125:
+		b = append(b, byte(n))
+	case n <= 0xffff:
+		b = append(b, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 127, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32),
+			byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, payload...)
+}
+
+// textFrame frames a JSON message.
+func textFrame(payload []byte) []byte { return wsFrame(opText, payload) }
+
 var (
-	pingFrame = []byte(`{"event":"pusher:ping","data":{}}`)
-	pongFrame = []byte(`{"event":"pusher:pong","data":{}}`)
+	pingFrame = textFrame([]byte(`{"event":"pusher:ping","data":{}}`))
+	pongFrame = textFrame([]byte(`{"event":"pusher:pong","data":{}}`))
 )
 
 // appendJSONString appends s as a JSON string, escaping like

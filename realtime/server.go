@@ -31,6 +31,7 @@ var (
 // Handler, and stop it with Shutdown.
 type Server struct {
 	cfg      Config
+	node     string // this node's id in broker messages
 	log      *slog.Logger
 	byKey    map[string]*app
 	byID     map[string]*app
@@ -56,7 +57,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, byKey: make(map[string]*app), byID: make(map[string]*app),
-		stop: make(chan struct{})}
+		stop: make(chan struct{}), node: strconv.FormatUint(rand.Uint64(), 36)}
 	for _, ac := range cfg.Apps {
 		ac.AllowedOrigins = append([]string(nil), ac.AllowedOrigins...)
 		a := newApp(s, ac)
@@ -102,9 +103,13 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	key := r.PathValue("key")
 	a := s.byKey[key]
+	c := &conn{srv: s, app: a}
 	opts := &websocket.AcceptOptions{InsecureSkipVerify: true}
-	if a != nil && len(a.cfg.AllowedOrigins) > 0 {
-		opts = &websocket.AcceptOptions{OriginPatterns: a.cfg.AllowedOrigins}
+	if a != nil {
+		opts.OnPingReceived = c.onPing
+		if len(a.cfg.AllowedOrigins) > 0 {
+			opts = &websocket.AcceptOptions{OriginPatterns: a.cfg.AllowedOrigins, OnPingReceived: c.onPing}
+		}
 	}
 	hj := &smallBufferHijacker{ResponseWriter: w}
 	ws, err := websocket.Accept(hj, r, opts)
@@ -135,9 +140,8 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	now := s.cfg.Now().UnixNano()
-	c := &conn{srv: s, app: a, ws: ws, nc: hj.nc, br: hj.br}
-	c.lastSeen.Store(now)
+	c.ws, c.nc, c.rc, c.br = ws, hj.nc, hj.rc, hj.br
+	c.lastSeen.Store(s.cfg.Now().UnixNano())
 	for {
 		c.id = newSocketID()
 		if !a.hasSocket(c.id) {
@@ -159,6 +163,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		// Shutdown may have listed the connections before this one.
 		c.closeWith(CodeReconnect, "server shutting down")
 	}
+	c.live = true
 	go c.readLoop()
 }
 
@@ -194,11 +199,11 @@ func newSocketID() string {
 	return strconv.FormatUint(rand.Uint64()%1e15, 10) + "." + strconv.FormatUint(rand.Uint64()%1e15, 10)
 }
 
-// sweep pings silent connections, closes those that never answer, and
-// sends deferred subscription counts. One goroutine for all connections
+// sweep pings silent connections, closes those that never answer or are
+// stuck in a write, and sends deferred subscription counts. One goroutine for all connections
 // instead of a timer each.
 func (s *Server) sweep() {
-	every := min(s.cfg.ActivityTimeout, s.cfg.PongTimeout) / 4
+	every := min(s.cfg.ActivityTimeout, s.cfg.PongTimeout, s.cfg.WriteTimeout) / 4
 	every = max(10*time.Millisecond, min(every, time.Second))
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -210,20 +215,10 @@ func (s *Server) sweep() {
 		case <-t.C:
 		}
 		now := s.cfg.Now().UnixNano()
+		wallNow, writeTimeout := time.Now().UnixNano(), s.cfg.WriteTimeout.Nanoseconds()
 		for _, a := range s.apps {
 			a.flushCounts()
-			for _, c := range a.allConns() {
-				if sent := c.pingSent.Load(); sent != 0 {
-					if now-sent >= pong {
-						c.closeWith(CodePongTimeout, "Pong reply not received")
-					}
-					continue
-				}
-				if now-c.lastSeen.Load() >= activity {
-					c.pingSent.Store(now)
-					c.send(pingFrame)
-				}
-			}
+			a.sweep(now, wallNow, activity, pong, writeTimeout)
 		}
 	}
 }
@@ -241,13 +236,13 @@ func (s *Server) broadcast(m Message) {
 // receive handles a message from the broker.
 func (s *Server) receive(m Message) {
 	a := s.byID[m.AppID]
-	if a == nil {
+	if a == nil || (m.OriginDelivered && m.Origin == s.node) {
 		return
 	}
 	switch m.Kind {
 	case KindEvent:
 		for _, ch := range m.Channels {
-			a.fanout(ch, eventFrame(m.Event, ch, m.Data, m.UserID), m.ExcludeSocketID)
+			a.fanout(ch, textFrame(eventFrame(m.Event, ch, m.Data, m.UserID)), m.ExcludeSocketID)
 		}
 	case KindTerminateUser:
 		a.terminateUser(m.UserID)

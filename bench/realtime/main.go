@@ -63,6 +63,7 @@ type options struct {
 	secret   string
 	private  bool
 	memprof  string
+	cpuprof  string
 }
 
 func main() {
@@ -81,6 +82,7 @@ func main() {
 	flag.StringVar(&o.secret, "secret", benchSecret, "app secret (with -url)")
 	flag.BoolVar(&o.private, "private", true, "subscribe to private channels (signed), as buildbridge's users do")
 	flag.StringVar(&o.memprof, "memprofile", "", "idle: write a heap profile of the server process to this file")
+	flag.StringVar(&o.cpuprof, "cpuprofile", "", "fanout, channels: write a CPU profile of the server process while publishing")
 	flag.BoolVar(&worker, "worker", false, "internal: run as the client worker process")
 	flag.StringVar(&w.URL, "worker-url", "", "internal: WebSocket URL for the worker")
 	flag.StringVar(&w.Prefix, "worker-prefix", "", "internal: channel name prefix for the worker")
@@ -197,10 +199,29 @@ func run(o options) error {
 		_, err := wk.finish()
 		return err
 	default:
+		if o.cpuprof != "" {
+			f, err := os.Create(o.cpuprof)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+		}
+		var ru0 syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 		sent, err := publishLoop(o, t, prefix, channels)
 		if err != nil {
 			return err
 		}
+		var ru1 syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		if o.cpuprof != "" {
+			pprof.StopCPUProfile()
+		}
+		cpu := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano())
+		fmt.Printf("server process CPU while publishing: %v (%.0f%% of one core)\n",
+			cpu.Round(time.Millisecond), 100*cpu.Seconds()/o.duration.Seconds())
 		time.Sleep(o.settle)
 		sum, err := wk.finish()
 		if err != nil {

@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/buildbridge/buildbridge/realtime"
 )
 
@@ -41,7 +39,7 @@ func runWorker(cfg workerConfig) error {
 	raiseFileLimit()
 	var h histogram
 	var errs atomic.Int64
-	conns := make([]*websocket.Conn, cfg.Conns)
+	conns := make([]*wsConn, cfg.Conns)
 	ready := make(chan error, cfg.Conns)
 	var readers, dialers sync.WaitGroup
 	ctx, cancel := context.WithCancel(context.Background())
@@ -53,7 +51,7 @@ func runWorker(cfg workerConfig) error {
 		go func() {
 			defer dialers.Done()
 			for i := range idx {
-				ws, err := dialAndSubscribe(ctx, cfg, i)
+				ws, err := dialAndSubscribe(cfg, i)
 				if err != nil {
 					err = fmt.Errorf("connection %d: %w", i, err)
 					dialErr.CompareAndSwap(nil, &err)
@@ -81,7 +79,7 @@ func runWorker(cfg workerConfig) error {
 		cancel()
 		for _, ws := range conns {
 			if ws != nil {
-				_ = ws.CloseNow()
+				_ = ws.Close()
 			}
 		}
 		readers.Wait()
@@ -97,7 +95,7 @@ func runWorker(cfg workerConfig) error {
 	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
 	cancel()
 	for _, ws := range conns {
-		_ = ws.CloseNow()
+		_ = ws.Close()
 	}
 	readers.Wait()
 	return json.NewEncoder(os.Stdout).Encode(summary{Connected: cfg.Conns, Received: h.n.Load(),
@@ -106,16 +104,16 @@ func runWorker(cfg workerConfig) error {
 
 // dialAndSubscribe connects connection i and sends its subscription; the
 // success is awaited by its reader.
-func dialAndSubscribe(ctx context.Context, cfg workerConfig, i int) (*websocket.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	ws, _, err := websocket.Dial(dctx, cfg.URL, nil)
+func dialAndSubscribe(cfg workerConfig, i int) (*wsConn, error) {
+	ws, err := dialWS(cfg.URL, 30*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	ws.SetReadLimit(1 << 20)
-	_, msg, err := ws.Read(dctx)
+	_ = ws.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	msg, err := ws.readMessage()
+	_ = ws.nc.SetReadDeadline(time.Time{})
 	if err != nil {
+		ws.Close()
 		return nil, fmt.Errorf("reading connection_established: %w", err)
 	}
 	var est struct {
@@ -126,6 +124,7 @@ func dialAndSubscribe(ctx context.Context, cfg workerConfig, i int) (*websocket.
 		SocketID string `json:"socket_id"`
 	}
 	if json.Unmarshal(msg, &est) != nil || est.Event != "pusher:connection_established" || json.Unmarshal([]byte(est.Data), &d) != nil {
+		ws.Close()
 		return nil, fmt.Errorf("unexpected first message %s", msg)
 	}
 	ch := channelName(cfg.Prefix, i%cfg.Channels)
@@ -134,7 +133,8 @@ func dialAndSubscribe(ctx context.Context, cfg workerConfig, i int) (*websocket.
 		sub["auth"] = realtime.ChannelAuth(cfg.Key, cfg.Secret, d.SocketID, ch, "")
 	}
 	b, _ := json.Marshal(map[string]any{"event": "pusher:subscribe", "data": sub})
-	if err := ws.Write(dctx, websocket.MessageText, b); err != nil {
+	if err := ws.writeText(b); err != nil {
+		ws.Close()
 		return nil, err
 	}
 	return ws, nil
@@ -144,15 +144,17 @@ var (
 	benchEvent = []byte(`"event":"bench"`)
 	dataKey    = []byte(`"data":"`)
 	subOK      = []byte(`pusher_internal:subscription_succeeded`)
+	pusherPing = []byte(`"pusher:ping"`)
+	pusherPong = []byte(`{"event":"pusher:pong","data":{}}`)
 )
 
 // readEvents reads until the connection ends, reporting the subscription
 // result on ready and recording each bench event's latency: its data is
 // the publisher's time.Now().UnixNano().
-func readEvents(ctx context.Context, ws *websocket.Conn, h *histogram, errs *atomic.Int64, ready chan<- error) {
+func readEvents(ctx context.Context, ws *wsConn, h *histogram, errs *atomic.Int64, ready chan<- error) {
 	subscribed := false
 	for {
-		_, msg, err := ws.Read(ctx)
+		msg, err := ws.readMessage()
 		now := time.Now().UnixNano()
 		if err != nil {
 			if !subscribed {
@@ -172,6 +174,11 @@ func readEvents(ctx context.Context, ws *websocket.Conn, h *histogram, errs *ato
 			continue
 		}
 		if !bytes.Contains(msg, benchEvent) {
+			if bytes.Contains(msg, pusherPing) {
+				if err := ws.writeText(pusherPong); err != nil {
+					errs.Add(1)
+				}
+			}
 			continue
 		}
 		i := bytes.Index(msg, dataKey)
