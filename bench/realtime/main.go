@@ -219,7 +219,7 @@ func run(o options) error {
 		if o.cpuprof != "" {
 			pprof.StopCPUProfile()
 		}
-		cpu := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano())
+		cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
 		fmt.Printf("server process CPU while publishing: %v (%.0f%% of one core)\n",
 			cpu.Round(time.Millisecond), 100*cpu.Seconds()/o.duration.Seconds())
 		time.Sleep(o.settle)
