@@ -15,7 +15,7 @@ import (
 // Store is what the ingester needs of the store.
 type Store interface {
 	IngestPush(ctx context.Context, d store.Delivery, reqs []store.PushBuild, supersede bool) (store.PushOutcome, error)
-	PruneDeliveries(ctx context.Context, before time.Time) (int64, error)
+	PruneDeliveries(ctx context.Context, olderThan time.Duration) (int64, error)
 }
 
 // Scheduler is told when builds were queued.
@@ -35,7 +35,8 @@ type Config struct {
 	// PruneEvery is how often forgotten delivery ids are deleted (default
 	// 1h); the request that finds the time has come does it.
 	PruneEvery time.Duration
-	// Now is the clock (default time.Now).
+	// Now is the clock of the pruning schedule (default time.Now); the
+	// store's clock dates the deliveries.
 	Now func() time.Time
 }
 
@@ -135,7 +136,7 @@ func (in *Ingester) prune(ctx context.Context) {
 	if !due {
 		return
 	}
-	n, err := in.cfg.Store.PruneDeliveries(ctx, now.Add(-in.cfg.Retention))
+	n, err := in.cfg.Store.PruneDeliveries(ctx, in.cfg.Retention)
 	if err != nil {
 		in.cfg.Logger.Warn("pruning old delivery ids failed", "err", err)
 		return

@@ -91,6 +91,9 @@ func Plan(p builds.Project, push Push) ([]store.PushBuild, []Skip) {
 	for _, u := range push.Refs {
 		branch, isBranch := strings.CutPrefix(u.Ref, "refs/heads/")
 		tag, isTag := strings.CutPrefix(u.Ref, "refs/tags/")
+		if !isBranch {
+			branch = "" // CutPrefix returns the whole ref when it is not a branch
+		}
 		switch {
 		case IsZeroSHA(u.New):
 			skip(u.Ref, SkipDeleted, "%s was deleted", u.Ref)

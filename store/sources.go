@@ -302,10 +302,11 @@ func (s *DB) BuildPushInfo(ctx context.Context, buildID int64) (PushInfo, error)
 	return pi, nil
 }
 
-// PruneDeliveries forgets deliveries recorded before the given time and
-// returns how many; a redelivery older than that builds again.
-func (s *DB) PruneDeliveries(ctx context.Context, before time.Time) (int64, error) {
-	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM source_deliveries WHERE created_at < ?`), ms(before))
+// PruneDeliveries forgets deliveries recorded more than olderThan ago (by
+// the store's clock) and returns how many; a redelivery older than that
+// builds again.
+func (s *DB) PruneDeliveries(ctx context.Context, olderThan time.Duration) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM source_deliveries WHERE created_at < ?`), ms(s.now().Add(-olderThan)))
 	if err != nil {
 		return 0, fmt.Errorf("prune deliveries: %w", err)
 	}

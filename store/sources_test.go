@@ -201,7 +201,7 @@ func TestPruneDeliveries(t *testing.T) {
 		s.IngestPush(ctx, Delivery{ProjectID: p.ID, Source: "github", ID: "old"}, nil, false)
 		now = now.Add(48 * time.Hour)
 		s.IngestPush(ctx, Delivery{ProjectID: p.ID, Source: "github", ID: "new"}, nil, false)
-		n, err := s.PruneDeliveries(ctx, now.Add(-24*time.Hour))
+		n, err := s.PruneDeliveries(ctx, 24*time.Hour)
 		if err != nil || n != 1 {
 			t.Fatalf("prune: %d %v", n, err)
 		}

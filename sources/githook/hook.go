@@ -116,7 +116,7 @@ func Run(ctx context.Context, cfg RunConfig) {
 	var ids []string
 	if len(live) > 0 {
 		mctx, mcancel := context.WithTimeout(ctx, cfg.Budget/3)
-		commits := ReadCommits(mctx, cfg.Git, live)
+		commits := ReadCommits(mctx, cfg.Git, cfg.GitDir, live)
 		mcancel()
 		for start := 0; start < len(live); start += refsPerRequest {
 			req := Request{Project: settings.Project, Pusher: cfg.Pusher}
@@ -284,10 +284,11 @@ type CommitInfo struct {
 }
 
 // ReadCommits reads the commits the updates point at with one
-// `git cat-file --batch` in the current environment (inside a hook, the
-// repository being pushed to). Ids it cannot read are left out: a build
-// request without metadata still builds.
-func ReadCommits(ctx context.Context, git string, updates []Update) map[string]CommitInfo {
+// `git cat-file --batch` in gitDir, in the current environment (inside a
+// hook, git's own, with whatever object directories it names). Ids it
+// cannot read are left out: a build request without metadata still
+// builds.
+func ReadCommits(ctx context.Context, git, gitDir string, updates []Update) map[string]CommitInfo {
 	out := map[string]CommitInfo{}
 	var in bytes.Buffer
 	var order []string
@@ -300,7 +301,7 @@ func ReadCommits(ctx context.Context, git string, updates []Update) map[string]C
 		in.WriteString(u.New + "^{commit}\n")
 	}
 	clear(out)
-	cmd := exec.CommandContext(ctx, git, "cat-file", "--batch")
+	cmd := exec.CommandContext(ctx, git, "--git-dir="+gitDir, "cat-file", "--batch")
 	cmd.Stdin = &in
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
