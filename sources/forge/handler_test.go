@@ -139,7 +139,9 @@ var forges = []struct {
 	eventHeader string
 }{
 	{"github", forgetest.GitHubPush, "X-Hub-Signature-256", "X-GitHub-Event"},
-	{"gitlab", func(p forgetest.Push, id, secret string) forgetest.Delivery { return forgetest.GitLabPush(p, id, secret, "") },
+	{"gitlab", func(p forgetest.Push, id, secret string) forgetest.Delivery {
+		return forgetest.GitLabPush(p, id, secret, "")
+	},
 		"X-Gitlab-Token", "X-Gitlab-Event"},
 	{"gitea", forgetest.GiteaPush, "X-Gitea-Signature", "X-Gitea-Event"},
 }

@@ -328,7 +328,7 @@ func TestServerRefusals(t *testing.T) {
 	good := `{"project":"app","id":"k-000001","refs":[{"old":"` + zero + `","new":"` + c + `","ref":"refs/heads/main"}]}`
 	for _, tc := range []struct {
 		name, token, body string
-		want             int
+		want              int
 	}{
 		{"no token", "", good, 401},
 		{"bad token", "bb_nope", good, 401},
