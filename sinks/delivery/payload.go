@@ -38,3 +38,14 @@ func decodePayload(row *store.SinkDelivery, raw []byte) (*sinks.Delivery, error)
 	return &sinks.Delivery{EventID: row.EventID, Event: p.Event, Route: p.Route, Sink: row.Sink, SinkType: row.SinkType,
 		Target: row.Target, Subject: p.Subject, Body: p.Body, ContentType: p.ContentType, Params: p.Params}, nil
 }
+
+// Message returns the message a stored delivery sends (its rendered body,
+// subject, parameters and event); row must hold its payload
+// (store.DB.SinkDelivery loads it).
+func Message(row store.SinkDelivery) (sinks.Delivery, error) {
+	d, err := decodePayload(&row, row.Payload)
+	if err != nil {
+		return sinks.Delivery{}, err
+	}
+	return *d, nil
+}
