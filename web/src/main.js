@@ -87,7 +87,7 @@ function route() {
 function renderNav() {
   const here = location.pathname;
   const link = (href, text) => h('a', { href, 'aria-current': here === href ? 'page' : null }, text);
-  $nav.replaceChildren(link('/', 'Builds'), app.deliveries ? link('/deliveries', 'Deliveries') : null);
+  $nav.replaceChildren(...[link('/', 'Builds'), app.deliveries && link('/deliveries', 'Deliveries')].filter(Boolean));
 }
 
 function renderAccount() {
@@ -107,7 +107,7 @@ function renderAccount() {
   });
   const out = h('button.ghost', { type: 'button' }, 'Sign out');
   out.addEventListener('click', signOut);
-  $account.replaceChildren(notify, h('span.who', app.user.name), out);
+  $account.replaceChildren(...[notify, h('span.who', app.user.name), out].filter(Boolean));
 }
 
 function showConn(state, text) {
