@@ -2,10 +2,20 @@ package realtime
 
 import (
 	"encoding/json"
+	"maps"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"time"
+)
+
+// Owner counts travel between nodes: changes at every sweep, everything
+// every ownerCountsFullEvery (which also tells a new node), and a node
+// not heard from for ownerCountsExpiry is forgotten.
+const (
+	ownerCountsFullEvery = 5 * time.Second
+	ownerCountsExpiry    = 3 * ownerCountsFullEvery
 )
 
 // countImmediateLimit is the channel size up to which a subscription
@@ -25,6 +35,18 @@ type app struct {
 	users    map[string][]*conn    // signed-in user id → connections
 	owners   map[string]int        // bound owner → live subscriptions
 	dirty    map[*channel]struct{} // channels owing a subscription count
+	// ownersDirty are owners whose count changed since the last sync to
+	// the other nodes (only in a cluster).
+	ownersDirty map[string]struct{}
+
+	remoteMu sync.Mutex
+	remote   map[string]*remoteOwners // other nodes' owner counts, by node
+}
+
+// remoteOwners are one other node's subscription counts per owner.
+type remoteOwners struct {
+	counts map[string]int
+	seen   time.Time
 }
 
 // channel is one channel with at least one subscriber on this node.
@@ -49,7 +71,8 @@ type effects struct {
 
 func newApp(s *Server, cfg App) *app {
 	a := &app{srv: s, cfg: cfg, conns: make(map[string]*conn), channels: make(map[string]*channel),
-		users: make(map[string][]*conn), owners: make(map[string]int), dirty: make(map[*channel]struct{})}
+		users: make(map[string][]*conn), owners: make(map[string]int), dirty: make(map[*channel]struct{}),
+		ownersDirty: make(map[string]struct{}), remote: make(map[string]*remoteOwners)}
 	if cfg.Webhook.URL != "" {
 		a.webhooks = make(map[string]bool)
 		evs := cfg.Webhook.Events
@@ -164,6 +187,7 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 	c.subs = append(c.subs, ch)
 	if c.owner != "" {
 		a.owners[c.owner]++
+		a.ownerChangedLocked(c.owner)
 	}
 	if kind == kindPresence {
 		mb := ch.members[m.UserID]
@@ -258,6 +282,7 @@ func (a *app) leaveLocked(c *conn, ch *channel, e *effects) {
 		if a.owners[c.owner]--; a.owners[c.owner] <= 0 {
 			delete(a.owners, c.owner)
 		}
+		a.ownerChangedLocked(c.owner)
 	}
 	if ch.kind == kindPresence {
 		if mb := ch.members[uid]; mb != nil {
@@ -406,12 +431,78 @@ func (a *app) bind(id, owner string) bool {
 		if a.owners[c.owner] -= n; a.owners[c.owner] <= 0 {
 			delete(a.owners, c.owner)
 		}
+		a.ownerChangedLocked(c.owner)
 	}
 	c.owner = owner
 	if owner != "" && n > 0 {
 		a.owners[owner] += n
+		a.ownerChangedLocked(owner)
 	}
 	return true
+}
+
+// ownerChangedLocked notes a changed owner count for the next sync.
+func (a *app) ownerChangedLocked(owner string) {
+	if a.srv.clustered {
+		a.ownersDirty[owner] = struct{}{}
+	}
+}
+
+// syncOwners sends this node's changed owner counts, or all of them, to
+// the other nodes.
+func (a *app) syncOwners(full bool) {
+	a.mu.Lock()
+	if !full && len(a.ownersDirty) == 0 {
+		a.mu.Unlock()
+		return
+	}
+	var counts map[string]int
+	if full {
+		counts = maps.Clone(a.owners)
+	} else {
+		counts = make(map[string]int, len(a.ownersDirty))
+		for o := range a.ownersDirty {
+			counts[o] = a.owners[o] // 0: none left
+		}
+	}
+	clear(a.ownersDirty)
+	a.mu.Unlock()
+	a.srv.broadcast(Message{Kind: KindOwnerCounts, AppID: a.cfg.ID, Origin: a.srv.node, Counts: counts, Full: full})
+}
+
+// remoteCounts records another node's owner counts.
+func (a *app) remoteCounts(m Message, now time.Time) {
+	a.remoteMu.Lock()
+	defer a.remoteMu.Unlock()
+	r := a.remote[m.Origin]
+	if r == nil || m.Full {
+		r = &remoteOwners{counts: make(map[string]int, len(m.Counts))}
+		a.remote[m.Origin] = r
+	}
+	for o, n := range m.Counts {
+		if n > 0 {
+			r.counts[o] = n
+		} else {
+			delete(r.counts, o)
+		}
+	}
+	r.seen = now
+}
+
+// remoteOwnerSubscriptions sums the other nodes' counts for owner,
+// forgetting nodes not heard from within ownerCountsExpiry.
+func (a *app) remoteOwnerSubscriptions(owner string, now time.Time) int {
+	a.remoteMu.Lock()
+	defer a.remoteMu.Unlock()
+	n := 0
+	for node, r := range a.remote {
+		if now.Sub(r.seen) > ownerCountsExpiry {
+			delete(a.remote, node)
+			continue
+		}
+		n += r.counts[owner]
+	}
+	return n
 }
 
 // parallelFanout is the channel size from which a fan-out is split over

@@ -28,6 +28,8 @@ const (
 	KindTerminateUser MessageKind = "terminate_user"
 	// KindBindSocket binds SocketID to UserID (see Server.BindSocket).
 	KindBindSocket MessageKind = "bind_socket"
+	// KindOwnerCounts carries Origin's subscription counts per bound user.
+	KindOwnerCounts MessageKind = "owner_counts"
 )
 
 // Message is what a Broker carries. Brokers that cross process
@@ -50,6 +52,11 @@ type Message struct {
 	// that orders them) and skips it.
 	Origin          string `json:"origin,omitempty"`
 	OriginDelivered bool   `json:"origin_delivered,omitempty"`
+	// Counts are Origin's live subscriptions per bound user
+	// (KindOwnerCounts): changed ones, or with Full all of them, replacing
+	// what Origin sent before. Receivers must not modify the map.
+	Counts map[string]int `json:"counts,omitempty"`
+	Full   bool           `json:"full,omitempty"`
 }
 
 // ErrBrokerClosed is returned by a closed MemoryBroker.

@@ -38,9 +38,12 @@ type Server struct {
 	apps     []*app
 	broker   Broker
 	ownedMem *MemoryBroker // the default broker, closed by Shutdown
-	unsub    func() error
-	webhooks *webhookBatcher
-	handler  http.Handler
+	// clustered is set when the broker may span nodes: owner counts are
+	// then shared.
+	clustered bool
+	unsub     func() error
+	webhooks  *webhookBatcher
+	handler   http.Handler
 
 	closing  atomic.Bool
 	admitMu  sync.Mutex
@@ -65,6 +68,7 @@ func New(cfg Config) (*Server, error) {
 		s.apps = append(s.apps, a)
 	}
 	s.broker = cfg.Broker
+	s.clustered = s.broker != nil
 	if s.broker == nil {
 		s.ownedMem = NewMemoryBroker()
 		s.broker = s.ownedMem
@@ -208,11 +212,21 @@ func (s *Server) sweep() {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	activity, pong := s.cfg.ActivityTimeout.Nanoseconds(), s.cfg.PongTimeout.Nanoseconds()
+	var lastFull time.Time
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
+		}
+		if s.clustered {
+			full := time.Since(lastFull) >= ownerCountsFullEvery
+			if full {
+				lastFull = time.Now()
+			}
+			for _, a := range s.apps {
+				a.syncOwners(full)
+			}
 		}
 		now := s.cfg.Now().UnixNano()
 		wallNow, writeTimeout := time.Now().UnixNano(), s.cfg.WriteTimeout.Nanoseconds()
@@ -248,6 +262,10 @@ func (s *Server) receive(m Message) {
 		a.terminateUser(m.UserID)
 	case KindBindSocket:
 		a.bind(m.SocketID, m.UserID)
+	case KindOwnerCounts:
+		if m.Origin != s.node {
+			a.remoteCounts(m, time.Now())
+		}
 	}
 }
 
@@ -349,14 +367,19 @@ func (s *Server) BindSocket(appID, socketID, userID string) error {
 }
 
 // UserSubscriptions counts the live subscriptions (any channel but
-// #server-to-user) of the sockets bound to userID on this node. In a
-// cluster it does not see other nodes: the host's cap is per node.
+// #server-to-user) of the sockets bound to userID. With a Broker that
+// spans nodes it includes the other nodes' counts, as they last reported
+// them: changes travel within a sweep interval (at most a second).
 func (s *Server) UserSubscriptions(appID, userID string) int {
 	a := s.byID[appID]
 	if a == nil {
 		return 0
 	}
-	return a.ownerSubscriptions(userID)
+	n := a.ownerSubscriptions(userID)
+	if s.clustered {
+		n += a.remoteOwnerSubscriptions(userID, time.Now())
+	}
+	return n
 }
 
 // ChannelInfo returns the state of one channel on this node. In a cluster
@@ -439,6 +462,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			<-done
 		}
 		close(s.stop)
+		if s.clustered {
+			// Tell the other nodes this one holds nothing any more.
+			for _, a := range s.apps {
+				s.broadcast(Message{Kind: KindOwnerCounts, AppID: a.cfg.ID, Origin: s.node, Full: true})
+			}
+		}
 		s.webhooks.close()
 		s.bg.Wait()
 		if s.ownedMem != nil {

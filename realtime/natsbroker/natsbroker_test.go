@@ -223,6 +223,13 @@ func TestTwoNodesShareEvents(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// Node A counts them too, from B's reports (within a sweep: 1s).
+	for a.srv.UserSubscriptions(appID, "owner-9") != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("UserSubscriptions on A = %d, want 3", a.srv.UserSubscriptions(appID, "owner-9"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
 	// Terminating a user signed in on B, from A.
 	ud := `{"id":"leaver"}`
