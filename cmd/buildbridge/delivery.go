@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/buildbridge/buildbridge/api"
+	"github.com/buildbridge/buildbridge/event"
+	"github.com/buildbridge/buildbridge/routes"
+	"github.com/buildbridge/buildbridge/sinks"
+	"github.com/buildbridge/buildbridge/sinks/delivery"
+	"github.com/buildbridge/buildbridge/sinks/webhook"
+)
+
+func init() { mounts = append(mounts, mountDeliveries) }
+
+// envWebhookAllow is the webhook SSRF allow-list: networks and addresses,
+// separated by commas, that webhooks may reach although they are
+// loopback, private, link-local, … It is read from the environment under
+// the name the setting deliveries.webhook_allow would have, until the
+// configuration declares it.
+const envWebhookAllow = "BUILDBRIDGE_DELIVERIES_WEBHOOK_ALLOW"
+
+// deliveries wires the rules to the delivery engine: a bridge consumer
+// matches each build-state-changed event and persists its deliveries
+// before the event is acknowledged; the engine's own events
+// (endpoint-disabled) take the same match-and-persist path in process.
+type deliveries struct {
+	h      *hub
+	rules  *routes.Manager
+	engine *delivery.Engine
+	mu     sync.Mutex // serializes reloads
+}
+
+// mountDeliveries loads the rules (--rules; without a file, the built-in
+// rules: the user-channel delivery only), starts the delivery engine with
+// the hub, consumes build-state-changed, serves the delivery API and
+// reloads the rules on SIGHUP and POST /api/v1/admin/rules/reload.
+func mountDeliveries(ctx context.Context, h *hub) error {
+	allow, err := webhook.ParseAllowList(getenv(envWebhookAllow))
+	if err != nil {
+		return fmt.Errorf("environment %s: %w", envWebhookAllow, err)
+	}
+	mgr, err := routes.NewManager(routes.ManagerConfig{Path: h.cfg.Rules, Logger: h.log, Registerer: h.reg})
+	if err != nil {
+		return fmt.Errorf("rules (setting rules):\n%w", err)
+	}
+	d := &deliveries{h: h, rules: mgr}
+	d.engine, err = delivery.New(delivery.Config{
+		Store: h.store, Emit: d.emit, Logger: h.log, Registerer: h.reg,
+		NewSink: func(c *sinks.Config) (sinks.Sink, error) {
+			if c.Type == webhook.Type.Name {
+				return webhook.NewSink(c, webhook.Options{Allow: allow, UserAgent: "buildbridge-webhook/" + version})
+			}
+			return sinks.New(c)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if err := d.engine.Configure(mgr.Current().Sinks()); err != nil {
+		return fmt.Errorf("rules %s: %w", mgr.Current().Name(), err)
+	}
+	if err := h.br.AddConsumer("deliveries", d.consume); err != nil {
+		return err
+	}
+	if err := h.api.EnableDeliveries(d.engine); err != nil {
+		return err
+	}
+	h.api.Group.POST("/admin/rules/reload", d.reloadHandler)
+
+	// The engine starts once the hub is ready (every feature mounted,
+	// the embedded realtime server running), and stops before the store
+	// closes.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-h.ready:
+		case <-stop:
+			return
+		}
+		if err := d.engine.Start(ctx); err != nil && !errors.Is(err, delivery.ErrClosed) {
+			h.log.Error("delivery engine did not start; deliveries stay pending", "err", err)
+		}
+	}()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-hup:
+				h.log.Info("SIGHUP: reloading the rules", "file", h.cfg.Rules)
+				d.reload() // logs its own errors
+			case <-stop:
+				return
+			}
+		}
+	}()
+	h.onShutdown = append(h.onShutdown, func(context.Context) {
+		signal.Stop(hup)
+		close(stop)
+		wg.Wait()
+		d.engine.Close()
+	})
+	return nil
+}
+
+// consume persists the deliveries of one event; an error refuses the
+// event, which the bus delivers again (and the engine de-duplicates).
+func (d *deliveries) consume(ctx context.Context, ev event.Envelope) error {
+	return d.engine.Enqueue(ctx, d.rules.Current().Match(ev))
+}
+
+// emit is the bus path of the events the engine raises itself: matched
+// against the rules in force and persisted like any other. Their ids are
+// stable, so emitting one again creates nothing twice.
+func (d *deliveries) emit(ctx context.Context, ev event.Envelope) error {
+	return d.engine.Enqueue(ctx, d.rules.Current().Match(ev))
+}
+
+// reload reloads the rules file and reconfigures the engine's sinks. A
+// file with errors changes nothing.
+func (d *deliveries) reload() (*routes.Rules, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.rules.Reload(); err != nil {
+		return nil, err // logged by the manager
+	}
+	r := d.rules.Current()
+	if err := d.engine.Configure(r.Sinks()); err != nil {
+		d.h.log.Error("rules reloaded, but some sinks cannot be made; their deliveries wait", "err", err)
+		return r, err
+	}
+	return r, nil
+}
+
+func (d *deliveries) reloadHandler(c *gin.Context) {
+	if !api.CurrentUser(c).Admin {
+		d.h.api.Fail(c, api.NewError(http.StatusForbidden, "forbidden", "only admins reload the rules"))
+		return
+	}
+	if d.h.cfg.Rules == "" {
+		d.h.api.Fail(c, api.NewError(http.StatusConflict, "no_rules_file", "the server runs without a rules file (setting rules): nothing to reload"))
+		return
+	}
+	r, err := d.reload()
+	var rerrs routes.Errors
+	switch {
+	case errors.As(err, &rerrs):
+		d.h.api.Fail(c, api.NewError(http.StatusUnprocessableEntity, "invalid_rules",
+			"the rules file was refused; the previous rules stay in force:\n%s", rerrs.Error()))
+		return
+	case err != nil && r == nil:
+		d.h.api.Fail(c, err)
+		return
+	}
+	resp := gin.H{"summary": r.Summary(), "warnings": r.Warnings()}
+	if err != nil {
+		resp["sink_errors"] = err.Error()
+	}
+	c.JSON(http.StatusOK, resp)
+}
