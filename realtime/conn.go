@@ -152,6 +152,9 @@ func (c *conn) onPing(_ context.Context, payload []byte) bool {
 	if !c.live {
 		return true // a refused connection: the library answers
 	}
+	// A WebSocket ping is activity too.
+	c.lastSeen.Store(c.srv.cfg.Now().UnixNano())
+	c.pingSent.Store(0)
 	c.sendFrame(wsFrame(opPong, payload))
 	return false
 }

@@ -11,11 +11,14 @@
 // channels when the app allows them, rate limited per connection.
 //
 // Publishing goes through a Broker so that several Servers on several
-// nodes form one cluster: an event published on any node reaches the
-// subscribers on every node. The default Broker is in-process; package
-// natsbroker carries messages over NATS core pub/sub. Channel state
-// (subscribers, presence members, owners) is kept per node; see
-// Server.ChannelInfo for what that means in a cluster.
+// nodes form one cluster: an event published on any node (through
+// Publish, the HTTP API, or a client event) reaches the subscribers on
+// every node, and so do presence member_added/member_removed, user
+// terminations and socket bindings. The default Broker is in-process;
+// package natsbroker carries messages over NATS core pub/sub. The
+// subscription counts of bound users (Server.UserSubscriptions) are
+// shared between nodes; the rest of the channel state (subscribers,
+// presence member lists, channel queries, webhooks) is each node's own.
 //
 // Memory per connection is kept small on purpose: the upgrade handler
 // returns once the WebSocket is established, so the only goroutine an idle

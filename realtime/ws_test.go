@@ -665,3 +665,17 @@ func TestShutdownClosesWith4200(t *testing.T) {
 		t.Errorf("Publish after shutdown: %v", err)
 	}
 }
+
+func TestWebSocketPingAnswered(t *testing.T) {
+	_, hs := newTestServer(t, nil)
+	c := dial(t, hs)
+	c.subscribeOK("x", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 3 {
+		if err := c.ws.Ping(ctx); err != nil {
+			t.Fatalf("WebSocket ping: %v", err)
+		}
+	}
+	c.sync()
+}
