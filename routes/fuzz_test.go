@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParse feeds arbitrary files to the loader: it must return the rules
@@ -30,7 +31,18 @@ func FuzzParse(f *testing.F) {
 			ReadFile: func(string) ([]byte, error) { return nil, os.ErrNotExist },
 			Logger:   slog.New(slog.DiscardHandler),
 		}
-		r, err := Parse("f.yaml", data, opts)
+		var r *Rules
+		var err error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r, err = Parse("f.yaml", data, opts)
+		}()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			t.Fatalf("Parse took over 3s on %d bytes", len(data))
+		}
 		if err != nil {
 			var errs Errors
 			if !errors.As(err, &errs) || len(errs) == 0 {
