@@ -81,7 +81,10 @@ type conn struct {
 	closeReady bool       // the queue is flushed: the read loop may close
 	closeCode  websocket.StatusCode
 	closeMsg   string
-	writers    sync.WaitGroup
+	// writers counts the writer goroutine and inline writes. Add happens
+	// under mu, and once closing is set only while the count is already
+	// positive, so finish's Wait sees them all.
+	writers sync.WaitGroup
 }
 
 // send queues a JSON message for the client.
@@ -107,11 +110,13 @@ func (c *conn) sendFrame(frame []byte) {
 		return
 	}
 	c.writing = true // the write token: nobody else writes meanwhile
+	c.writers.Add(1) // finish waits for inline writes too
 	c.mu.Unlock()
 
 	n, err := tryWrite(c.rc, frame)
 
 	c.mu.Lock()
+	defer c.writers.Done()
 	defer c.mu.Unlock()
 	c.writing = false
 	switch {

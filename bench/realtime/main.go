@@ -220,8 +220,12 @@ func run(o options) error {
 			pprof.StopCPUProfile()
 		}
 		cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
-		fmt.Printf("server process CPU while publishing: %v (%.0f%% of one core)\n",
-			cpu.Round(time.Millisecond), 100*cpu.Seconds()/o.duration.Seconds())
+		who := "server process"
+		if t.srv == nil {
+			who = "this process (publishing over HTTP)"
+		}
+		fmt.Printf("%s CPU while publishing: %v (%.0f%% of one core)\n",
+			who, cpu.Round(time.Millisecond), 100*cpu.Seconds()/o.duration.Seconds())
 		time.Sleep(o.settle)
 		sum, err := wk.finish()
 		if err != nil {
