@@ -57,9 +57,32 @@ type fpipe struct{ cmds []fcmd }
 // last argument is the previous command's value when there is one.
 type fcmd struct {
 	op   *farg
-	fn   string
+	fn   fnCode
 	args []farg
 }
+
+// fnCode names a function of the subset, resolved at compile time.
+type fnCode int
+
+const (
+	fnNone fnCode = iota
+	fnJSON
+	fnUpper
+	fnLower
+	fnTrim
+	fnFirstLine
+	fnShort
+	fnTrunc
+	fnDuration
+	fnDefault
+	fnReplace
+	fnIcon
+	fnSlack
+	fnTimefmt
+	fnEq
+	fnNe
+	fnNot
+)
 
 type fargKind int
 
@@ -106,13 +129,17 @@ var (
 	dataType     = reflect.TypeOf(&TemplateData{})
 )
 
-// fastFuncs are the functions the fast evaluator calls, with their result
-// type for static typing ("" result: a string).
-var fastFuncs = map[string]reflect.Type{
-	"json": stringType, "upper": stringType, "lower": stringType, "trim": stringType,
-	"firstLine": stringType, "short": stringType, "trunc": stringType, "duration": stringType,
-	"default": anyType, "replace": stringType, "icon": stringType, "slack": stringType,
-	"timefmt": stringType, "eq": boolType, "ne": boolType, "not": boolType,
+// fastFuncs are the functions the fast evaluator calls, with their code
+// and result type for static typing.
+var fastFuncs = map[string]struct {
+	code fnCode
+	typ  reflect.Type
+}{
+	"json": {fnJSON, stringType}, "upper": {fnUpper, stringType}, "lower": {fnLower, stringType},
+	"trim": {fnTrim, stringType}, "firstLine": {fnFirstLine, stringType}, "short": {fnShort, stringType},
+	"trunc": {fnTrunc, stringType}, "duration": {fnDuration, stringType}, "default": {fnDefault, anyType},
+	"replace": {fnReplace, stringType}, "icon": {fnIcon, stringType}, "slack": {fnSlack, stringType},
+	"timefmt": {fnTimefmt, stringType}, "eq": {fnEq, boolType}, "ne": {fnNe, boolType}, "not": {fnNot, boolType},
 }
 
 // compileFast compiles a parsed text template, or returns nil when it is
@@ -185,11 +212,12 @@ func (c fastCompiler) pipe(p *parse.PipeNode, dot reflect.Type) (*fpipe, reflect
 			return nil, nil, false
 		}
 		if id, ok := cmd.Args[0].(*parse.IdentifierNode); ok {
-			rt, known := fastFuncs[id.Ident]
+			f, known := fastFuncs[id.Ident]
 			if !known {
 				return nil, nil, false
 			}
-			fc := fcmd{fn: id.Ident}
+			rt := f.typ
+			fc := fcmd{fn: f.code}
 			for _, a := range cmd.Args[1:] {
 				arg, _, ok := c.arg(a, dot)
 				if !ok {
@@ -331,6 +359,14 @@ func execList(nodes []fnode, dot fval, w *bytes.Buffer) error {
 }
 
 func evalPipe(p *fpipe, dot fval) (fval, error) {
+	if len(p.cmds) == 1 && p.cmds[0].op != nil {
+		// The common case, {{.Field.Chain}}: no function call.
+		v, err := evalArg(p.cmds[0].op, dot)
+		if err == nil && !v.isStr && v.rv.Kind() == reflect.Interface && v.rv.NumMethod() == 0 {
+			v.rv = v.rv.Elem()
+		}
+		return v, err
+	}
 	var v fval
 	for i := range p.cmds {
 		c := &p.cmds[i]
@@ -355,7 +391,7 @@ func evalPipe(p *fpipe, dot fval) (fval, error) {
 			return fval{}, err
 		}
 		// As text/template does: an interface{} value is replaced by what it holds.
-		if !v.isStr && v.rv.Kind() == reflect.Interface && v.rv.Type().NumMethod() == 0 {
+		if !v.isStr && v.rv.Kind() == reflect.Interface && v.rv.NumMethod() == 0 {
 			v.rv = v.rv.Elem()
 		}
 	}
@@ -549,33 +585,30 @@ func iface(v fval) (any, bool) {
 func strResult(s string) (fval, error) { return fval{s: s, isStr: true}, nil }
 
 // call calls one function of the subset; anything unexpected is errSlow.
-func call(name string, args []fval) (fval, error) {
-	one := func() (string, bool) {
+func call(fn fnCode, args []fval) (fval, error) {
+	switch fn {
+	case fnUpper, fnLower, fnTrim, fnFirstLine, fnShort, fnSlack:
 		if len(args) != 1 {
-			return "", false
+			return fval{}, errSlow
 		}
-		return str(args[0])
-	}
-	switch name {
-	case "upper", "lower", "trim", "firstLine", "short", "slack":
-		s, ok := one()
+		s, ok := str(args[0])
 		if !ok {
 			return fval{}, errSlow
 		}
-		switch name {
-		case "upper":
+		switch fn {
+		case fnUpper:
 			return strResult(strings.ToUpper(s))
-		case "lower":
+		case fnLower:
 			return strResult(strings.ToLower(s))
-		case "trim":
+		case fnTrim:
 			return strResult(strings.TrimSpace(s))
-		case "firstLine":
+		case fnFirstLine:
 			return strResult(firstLine(s))
-		case "short":
+		case fnShort:
 			return strResult(truncRunes(s, 7, ""))
 		}
 		return strResult(slackEscape(s))
-	case "trunc":
+	case fnTrunc:
 		if len(args) != 2 || args[0].isStr || args[0].rv.Kind() != reflect.Int {
 			return fval{}, errSlow
 		}
@@ -584,7 +617,7 @@ func call(name string, args []fval) (fval, error) {
 			return fval{}, errSlow
 		}
 		return strResult(truncRunes(s, int(args[0].rv.Int()), "…"))
-	case "replace":
+	case fnReplace:
 		if len(args) != 3 {
 			return fval{}, errSlow
 		}
@@ -595,7 +628,7 @@ func call(name string, args []fval) (fval, error) {
 			return fval{}, errSlow
 		}
 		return strResult(strings.ReplaceAll(s, o, n))
-	case "icon":
+	case fnIcon:
 		if len(args) != 1 {
 			return fval{}, errSlow
 		}
@@ -613,7 +646,7 @@ func call(name string, args []fval) (fval, error) {
 			return strResult(icon(rv.String()))
 		}
 		return strResult(icon(nil))
-	case "duration":
+	case fnDuration:
 		if len(args) != 1 || args[0].isStr {
 			return fval{}, errSlow
 		}
@@ -634,7 +667,7 @@ func call(name string, args []fval) (fval, error) {
 			return fval{}, errSlow
 		}
 		return strResult(duration(rv.Int()))
-	case "json":
+	case fnJSON:
 		if len(args) != 1 {
 			return fval{}, errSlow
 		}
@@ -647,7 +680,7 @@ func call(name string, args []fval) (fval, error) {
 			return fval{}, errSlow
 		}
 		return strResult(s)
-	case "timefmt":
+	case fnTimefmt:
 		if len(args) != 2 {
 			return fval{}, errSlow
 		}
@@ -667,7 +700,7 @@ func call(name string, args []fval) (fval, error) {
 		}
 		t, _ := rv.Interface().(time.Time)
 		return strResult(t.Format(layout))
-	case "default":
+	case fnDefault:
 		if len(args) != 2 {
 			return fval{}, errSlow
 		}
@@ -693,7 +726,7 @@ func call(name string, args []fval) (fval, error) {
 			}
 		}
 		return v, nil
-	case "not":
+	case fnNot:
 		if len(args) != 1 {
 			return fval{}, errSlow
 		}
@@ -702,7 +735,7 @@ func call(name string, args []fval) (fval, error) {
 			return fval{}, errSlow
 		}
 		return fval{rv: reflect.ValueOf(!t)}, nil
-	case "eq", "ne":
+	case fnEq, fnNe:
 		if len(args) != 2 {
 			return fval{}, errSlow
 		}
@@ -710,7 +743,7 @@ func call(name string, args []fval) (fval, error) {
 		if !ok {
 			return fval{}, errSlow
 		}
-		return fval{rv: reflect.ValueOf(eq == (name == "eq"))}, nil
+		return fval{rv: reflect.ValueOf(eq == (fn == fnEq))}, nil
 	}
 	return fval{}, errSlow
 }
