@@ -49,7 +49,7 @@ func (s *DB) CreateBuild(ctx context.Context, nb NewBuild) (builds.Build, error)
 	var b builds.Build
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var proj builds.ProjectRef
-		err := tx.QueryRowContext(ctx, s.q(`UPDATE projects SET last_number = last_number + 1 WHERE id = ? RETURNING id, name, owner_id, last_number`),
+		err := s.prepared(tx, ctx).QueryRow(`UPDATE projects SET last_number = last_number + 1 WHERE id = ? RETURNING id, name, owner_id, last_number`,
 			nb.ProjectID).Scan(&proj.ID, &proj.Name, &proj.OwnerID, &b.Number)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("project %d: %w", nb.ProjectID, ErrNotFound)
@@ -60,8 +60,8 @@ func (s *DB) CreateBuild(ctx context.Context, nb NewBuild) (builds.Build, error)
 		b.ProjectID, b.State, b.Ref, b.Branch, b.SHA = nb.ProjectID, builds.Queued, nb.Ref, nb.Branch, nb.SHA
 		b.Author, b.AuthorEmail, b.Message, b.TriggeredBy = nb.Author, nb.AuthorEmail, nb.Message, nb.TriggeredBy
 		b.CreatedAt = s.now()
-		err = tx.QueryRowContext(ctx, s.q(`INSERT INTO builds (project_id, number, state, ref, branch, sha, author, author_email, message, triggered_by, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+		err = s.prepared(tx, ctx).QueryRow(`INSERT INTO builds (project_id, number, state, ref, branch, sha, author, author_email, message, triggered_by, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
 			b.ProjectID, b.Number, b.State, b.Ref, b.Branch, b.SHA, b.Author, b.AuthorEmail, b.Message, b.TriggeredBy, ms(b.CreatedAt)).Scan(&b.ID)
 		if err != nil {
 			return fmt.Errorf("insert build: %w", err)
@@ -84,16 +84,16 @@ func (s *DB) recordTransition(ctx context.Context, tx *sql.Tx, from builds.State
 	}
 	var prev builds.Previous
 	// The literals match the partial index builds_previous.
-	err := tx.QueryRowContext(ctx, s.q(`SELECT number, result FROM builds
+	err := s.prepared(tx, ctx).QueryRow(`SELECT number, result FROM builds
 		WHERE project_id = ? AND branch = ? AND number < ? AND state = 'FINISHED' AND result <> 'canceled'
-		ORDER BY number DESC LIMIT 1`), b.ProjectID, b.Branch, b.Number).Scan(&prev.Number, &prev.Result)
+		ORDER BY number DESC LIMIT 1`, b.ProjectID, b.Branch, b.Number).Scan(&prev.Number, &prev.Result)
 	switch {
 	case err == nil:
 		t.Previous = &prev
 	case !errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("previous build: %w", err)
 	}
-	if err := tx.QueryRowContext(ctx, s.q(`INSERT INTO build_events (event_id, build_id, state, created_at) VALUES (?, ?, ?, ?) RETURNING seq`),
+	if err := s.prepared(tx, ctx).QueryRow(`INSERT INTO build_events (event_id, build_id, state, created_at) VALUES (?, ?, ?, ?) RETURNING seq`,
 		t.EventID, b.ID, b.State, ms(t.Time)).Scan(&t.Seq); err != nil {
 		return fmt.Errorf("insert build event: %w", err)
 	}
@@ -101,7 +101,7 @@ func (s *DB) recordTransition(ctx context.Context, tx *sql.Tx, from builds.State
 	if err != nil {
 		return fmt.Errorf("encode transition: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO outbox (event_id, topic, payload, created_at) VALUES (?, ?, ?, ?)`),
+	if _, err := s.prepared(tx, ctx).Exec(`INSERT INTO outbox (event_id, topic, payload, created_at) VALUES (?, ?, ?, ?)`,
 		t.EventID, builds.TopicTransition, payload, ms(t.Time)); err != nil {
 		return fmt.Errorf("insert outbox: %w", err)
 	}
@@ -133,7 +133,7 @@ func (s *DB) transitionTx(ctx context.Context, tx *sql.Tx, buildID int64, to bui
 		lock = " FOR UPDATE OF b"
 	}
 	var proj builds.ProjectRef
-	b, err := scanBuild(tx.QueryRowContext(ctx, s.q(`SELECT `+buildCols+`, p.name, p.owner_id FROM builds b JOIN projects p ON p.id = b.project_id WHERE b.id = ?`+lock), buildID),
+	b, err := scanBuild(s.prepared(tx, ctx).QueryRow(`SELECT `+buildCols+`, p.name, p.owner_id FROM builds b JOIN projects p ON p.id = b.project_id WHERE b.id = ?`+lock, buildID),
 		&proj.Name, &proj.OwnerID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return b, fmt.Errorf("build %d: %w", buildID, ErrNotFound)
@@ -164,8 +164,8 @@ func (s *DB) transitionTx(ctx context.Context, tx *sql.Tx, buildID int64, to bui
 	if b.State != to || (to == builds.Finished) != b.Result.Valid() {
 		return b, fmt.Errorf("build %d: %w: %s with result %q", buildID, builds.ErrTransition, b.State, b.Result)
 	}
-	res, err := tx.ExecContext(ctx, s.q(`UPDATE builds SET state = ?, result = ?, reason = ?, started_at = ?, finished_at = ?, cancel_requested = ?
-		WHERE id = ? AND state = ?`),
+	res, err := s.prepared(tx, ctx).Exec(`UPDATE builds SET state = ?, result = ?, reason = ?, started_at = ?, finished_at = ?, cancel_requested = ?
+		WHERE id = ? AND state = ?`,
 		b.State, b.Result, b.Reason, nullMS(b.StartedAt), nullMS(b.FinishedAt), b.CancelRequested, b.ID, from)
 	if err != nil {
 		return b, fmt.Errorf("update build %d: %w", buildID, err)
@@ -187,7 +187,7 @@ func (s *DB) ClaimQueued(ctx context.Context) (builds.Build, error) {
 			query += ` FOR UPDATE SKIP LOCKED`
 		}
 		var id int64
-		err := tx.QueryRowContext(ctx, s.q(query), builds.Queued).Scan(&id)
+		err := s.prepared(tx, ctx).QueryRow(query, builds.Queued).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
@@ -213,7 +213,7 @@ func (s *DB) RequestCancel(ctx context.Context, buildID int64, reason string) (b
 	wrote := false
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
-		b, err = scanBuild(tx.QueryRowContext(ctx, s.q(`SELECT `+buildCols+` FROM builds b WHERE b.id = ?`), buildID))
+		b, err = scanBuild(s.prepared(tx, ctx).QueryRow(`SELECT `+buildCols+` FROM builds b WHERE b.id = ?`, buildID))
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("build %d: %w", buildID, ErrNotFound)
 		}
@@ -232,7 +232,7 @@ func (s *DB) RequestCancel(ctx context.Context, buildID int64, reason string) (b
 			return err
 		}
 		b.CancelRequested = true
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE builds SET cancel_requested = ? WHERE id = ?`), true, buildID)
+		_, err = s.prepared(tx, ctx).Exec(`UPDATE builds SET cancel_requested = ? WHERE id = ?`, true, buildID)
 		return err
 	})
 	if err != nil {

@@ -82,6 +82,7 @@ type DB struct {
 	rebinds  map[string]string
 	onOutbox func()
 	queries  atomic.Uint64 // statements sent, for Queries
+	stmts    sync.Map      // query → *sql.Stmt, see prepared
 }
 
 // Open connects to the database, applies pending migrations and returns
@@ -177,7 +178,10 @@ func (s *DB) Dialect() string {
 func (s *DB) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
 // Close closes the database.
-func (s *DB) Close() error { return s.db.Close() }
+func (s *DB) Close() error {
+	s.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
+	return s.db.Close()
+}
 
 // SQL exposes the pool for benchmarks and diagnostics.
 func (s *DB) SQL() *sql.DB { return s.db }

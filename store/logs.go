@@ -16,7 +16,7 @@ func (s *DB) AppendLog(ctx context.Context, buildID int64, data []byte) (int64, 
 		return size, err
 	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, s.q(`UPDATE builds SET log_size = log_size + ? WHERE id = ? RETURNING log_size`),
+		err := s.prepared(tx, ctx).QueryRow(`UPDATE builds SET log_size = log_size + ? WHERE id = ? RETURNING log_size`,
 			len(data), buildID).Scan(&size)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("build %d: %w", buildID, ErrNotFound)
@@ -24,7 +24,7 @@ func (s *DB) AppendLog(ctx context.Context, buildID int64, data []byte) (int64, 
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO build_logs (build_id, pos, data) VALUES (?, ?, ?)`),
+		_, err = s.prepared(tx, ctx).Exec(`INSERT INTO build_logs (build_id, pos, data) VALUES (?, ?, ?)`,
 			buildID, size-int64(len(data)), data)
 		return err
 	})
