@@ -153,7 +153,7 @@ test('the build page shows the live log and steps; Rebuild queues a new build', 
   await page.locator(`li.build[data-build-id="${first}"] a.row`).focus();
   await page.keyboard.press('Enter');
   await page.waitForURL(`**/builds/${first}`);
-  await page.locator('pre.log', { hasText: 'hello-from-the-build' }).waitFor();
+  await page.locator('pre.log', { hasText: /\nhello-from-the-build\n/ }).waitFor();
   await page.locator('ul.artifacts a', { hasText: 'out/report.txt' }).waitFor();
 
   await page.getByRole('button', { name: 'Rebuild' }).click();
@@ -161,12 +161,14 @@ test('the build page shows the live log and steps; Rebuild queues a new build', 
   const second = Number(new URL(page.url()).pathname.split('/').pop());
   assert.ok(second > Number(first));
   // The log arrives in pieces while the build runs.
-  await page.locator('pre.log', { hasText: 'start of test' }).waitFor({ timeout: 20000 });
+  await page.locator('pre.log', { hasText: /\nstart of test\n/ }).waitFor({ timeout: 20000 });
   assert.equal(await page.locator('article.build-page').getAttribute('data-state'), 'STARTED');
-  await page.locator('pre.log', { hasText: 'hello-from-the-build' }).waitFor({ timeout: 20000 });
+  assert.doesNotMatch(await page.locator('pre.log').textContent(), /\nhello-from-the-build\n/, 'the log came in one piece, not live');
+  await page.locator('pre.log', { hasText: /\nhello-from-the-build\n/ }).waitFor({ timeout: 20000 });
   await page.locator('article.build-page[data-state="FINISHED"]').waitFor({ timeout: 20000 });
   const log = await page.locator('pre.log').textContent();
-  assert.equal(log.split('hello-from-the-build').length, 2, `log shown twice or not at all:\n${log}`);
+  // The line the step printed (not the echoed command) appears once.
+  assert.equal(log.split('\nhello-from-the-build\n').length, 2, `output shown twice or not at all:\n${log}`);
   assert.deepEqual(await page.locator('ol.steps li span:not(.pill)').allTextContents(), ['prepare', 'test']);
   const server = await (await fetch(`${hub.base}/api/v1/builds/${second}/log`, { headers: { Authorization: `Bearer ${token}` } })).text();
   assert.equal(log, server, 'the live log differs from the stored one');
