@@ -6,14 +6,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"sort"
 	"strings"
 
-	"github.com/expr-lang/expr"
-	"github.com/expr-lang/expr/file"
-	"github.com/expr-lang/expr/vm"
 	"gopkg.in/yaml.v3"
 
 	"github.com/buildbridge/buildbridge/builds"
@@ -598,73 +594,6 @@ func (l *loader) enum(path string, n *yaml.Node, known []string, upper bool) []s
 		out = append(out, norm)
 	}
 	return out
-}
-
-// exprErrorPos locates an expression error in the file when the
-// expression is on one line, and says where it is in the expression.
-func exprErrorPos(n *yaml.Node, err error) (int, int, string) {
-	fe, ok := err.(*file.Error)
-	if !ok {
-		return n.Line, n.Column, "invalid expression: " + err.Error()
-	}
-	msg := "invalid expression: " + exprMessage(fe.Message)
-	if !strings.Contains(n.Value, "\n") {
-		switch n.Style {
-		case 0:
-			return n.Line, n.Column + fe.Column, msg
-		case yaml.DoubleQuotedStyle, yaml.SingleQuotedStyle:
-			return n.Line, n.Column + 1 + fe.Column, msg
-		}
-	}
-	return n.Line, n.Column, fmt.Sprintf("%s (expression line %d, column %d)", msg, fe.Line, fe.Column+1)
-}
-
-var (
-	noField     = regexp.MustCompile(`type routes\.expr(\w+) has no field (\w+)`)
-	unknownName = regexp.MustCompile(`^unknown name (\w+)`)
-)
-
-// exprMessage names the parts of the event as the expression does
-// (build, project, …) rather than by their Go types, with a suggestion.
-func exprMessage(msg string) string {
-	m := noField.FindStringSubmatch(msg)
-	if u := unknownName.FindStringSubmatch(msg); u != nil {
-		m = []string{u[0], "Env", u[1]}
-	}
-	if m == nil {
-		return msg
-	}
-	var typ reflect.Type
-	switch m[1] {
-	case "Build":
-		typ = reflect.TypeOf(exprBuild{})
-	case "Job":
-		typ = reflect.TypeOf(exprJob{})
-	case "Project":
-		typ = reflect.TypeOf(exprProject{})
-	case "Previous":
-		typ = reflect.TypeOf(exprPrevious{})
-	case "Env":
-		typ = reflect.TypeOf(exprEnv{})
-	default:
-		return msg
-	}
-	var fields []string
-	for i := 0; i < typ.NumField(); i++ {
-		fields = append(fields, typ.Field(i).Tag.Get("expr"))
-	}
-	out := fmt.Sprintf("%s has no field %q", strings.ToLower(m[1]), m[2])
-	if m[1] == "Env" {
-		out = fmt.Sprintf("unknown name %q", m[2])
-	}
-	if s := sinks.Suggest(m[2], fields); s != "" {
-		return out + fmt.Sprintf(" (did you mean %q?)", s)
-	}
-	return out + " (known: " + strings.Join(fields, ", ") + ")"
-}
-
-func compileCond(src string) (*vm.Program, error) {
-	return expr.Compile(src, expr.Env(&exprEnv{}), expr.AsBool())
 }
 
 func (l *loader) to(rt *route, path string, n *yaml.Node) {
