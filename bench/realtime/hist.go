@@ -65,4 +65,6 @@ type summary struct {
 	P99NS     int64 `json:"p99_ns"`
 	MaxNS     int64 `json:"max_ns"`
 	Errors    int64 `json:"errors"`
+	// CPUNS is the worker's CPU time (user+system) after it got ready.
+	CPUNS int64 `json:"cpu_ns"`
 }

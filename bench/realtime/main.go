@@ -208,18 +208,15 @@ func run(o options) error {
 				return err
 			}
 		}
-		var ru0 syscall.Rusage
-		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+		cpu0 := cpuTime()
 		sent, err := publishLoop(o, t, prefix, channels)
 		if err != nil {
 			return err
 		}
-		var ru1 syscall.Rusage
-		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		cpu := cpuTime() - cpu0
 		if o.cpuprof != "" {
 			pprof.StopCPUProfile()
 		}
-		cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
 		who := "server process"
 		if t.srv == nil {
 			who = "this process (publishing over HTTP)"
@@ -238,6 +235,8 @@ func run(o options) error {
 		want := sent * int64(perEvent)
 		fmt.Printf("published=%d events (%.0f/s for %v) expected_deliveries=%d received=%d (%.2f%%) errors=%d\n",
 			sent, o.rate, o.duration, want, sum.Received, 100*float64(sum.Received)/float64(max(want, 1)), sum.Errors)
+		fmt.Printf("client worker CPU: %v (%.0f%% of one core)\n", time.Duration(sum.CPUNS).Round(time.Millisecond),
+			100*time.Duration(sum.CPUNS).Seconds()/(o.duration+o.settle).Seconds())
 		fmt.Printf("latency publish→receive: p50=%v p99=%v max=%v\n",
 			time.Duration(sum.P50NS).Round(10*time.Microsecond), time.Duration(sum.P99NS).Round(10*time.Microsecond),
 			time.Duration(sum.MaxNS).Round(10*time.Microsecond))
@@ -454,6 +453,15 @@ func writeHeapProfile(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// cpuTime is this process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // raiseFileLimit lifts the soft open-file limit to the hard limit: each

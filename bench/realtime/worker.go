@@ -92,14 +92,17 @@ func runWorker(cfg workerConfig) error {
 		}
 	}
 	fmt.Println("READY")
+	cpu0 := cpuTime()
 	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
+	cpu := cpuTime() - cpu0
 	cancel()
 	for _, ws := range conns {
 		_ = ws.Close()
 	}
 	readers.Wait()
 	return json.NewEncoder(os.Stdout).Encode(summary{Connected: cfg.Conns, Received: h.n.Load(),
-		P50NS: int64(h.quantile(0.50)), P99NS: int64(h.quantile(0.99)), MaxNS: h.max.Load(), Errors: errs.Load()})
+		P50NS: int64(h.quantile(0.50)), P99NS: int64(h.quantile(0.99)), MaxNS: h.max.Load(), Errors: errs.Load(),
+		CPUNS: int64(cpu)})
 }
 
 // dialAndSubscribe connects connection i and sends its subscription; the
