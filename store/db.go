@@ -83,6 +83,10 @@ type DB struct {
 	onOutbox func()
 	queries  atomic.Uint64 // statements sent, for Queries
 	stmts    sync.Map      // query → *sql.Stmt, see prepared
+	// closing ends background prepares at Close; preparing waits for them.
+	closing   context.Context
+	stopPrep  context.CancelFunc
+	preparing sync.WaitGroup
 }
 
 // Open connects to the database, applies pending migrations and returns
@@ -93,6 +97,7 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		return nil, err
 	}
 	s := &DB{cfg: cfg, postgres: cfg.Postgres != "", rebinds: map[string]string{}, onOutbox: cfg.OnOutbox}
+	s.closing, s.stopPrep = context.WithCancel(context.Background())
 	var err error
 	if s.postgres {
 		s.db, err = openCounted("pgx", cfg.Postgres, &s.queries)
@@ -179,7 +184,14 @@ func (s *DB) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
 // Close closes the database.
 func (s *DB) Close() error {
-	s.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
+	s.stopPrep()
+	s.preparing.Wait()
+	s.stmts.Range(func(_, v any) bool {
+		if st := v.(*sql.Stmt); st != nil {
+			st.Close()
+		}
+		return true
+	})
 	return s.db.Close()
 }
 

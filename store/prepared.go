@@ -16,21 +16,26 @@ type ptx struct {
 
 func (s *DB) prepared(tx *sql.Tx, ctx context.Context) ptx { return ptx{s: s, ctx: ctx, tx: tx} }
 
-// stmt returns the cached prepared statement of query, preparing it on
-// first use; nil when the driver refuses (the caller then runs it plain).
+// stmt returns the cached prepared statement of query, or nil while it is
+// not prepared yet (the caller then runs the query plain). Preparing takes
+// a connection from the pool, so it happens in the background: a caller
+// holding a transaction must never wait for a second connection, or a
+// full pool of such callers would wait on each other forever.
 func (s *DB) stmt(query string) *sql.Stmt {
-	if v, ok := s.stmts.Load(query); ok {
+	v, loaded := s.stmts.LoadOrStore(query, (*sql.Stmt)(nil))
+	if loaded {
 		return v.(*sql.Stmt)
 	}
-	st, err := s.db.PrepareContext(context.Background(), s.q(query))
-	if err != nil {
-		return nil
-	}
-	if v, loaded := s.stmts.LoadOrStore(query, st); loaded {
-		st.Close()
-		return v.(*sql.Stmt)
-	}
-	return st
+	s.preparing.Add(1)
+	go func() {
+		defer s.preparing.Done()
+		st, err := s.db.PrepareContext(s.closing, s.q(query))
+		if err != nil {
+			return // stays nil: the query keeps running plain
+		}
+		s.stmts.Store(query, st)
+	}()
+	return nil
 }
 
 func (p ptx) QueryRow(query string, args ...any) *sql.Row {
