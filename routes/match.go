@@ -434,7 +434,7 @@ func (r *Rules) run(ev *event.Envelope, ex *Explanation) []sinks.Delivery {
 		}
 	}
 	// Size the next event's slice from what events need, up to a bound.
-	if n := int32(len(out)); n > r.outHint.Load() && n <= 64 {
+	if n := int32(len(out)); n > r.outHint.Load() && n <= 128 {
 		r.outHint.Store(n)
 	}
 	return out
