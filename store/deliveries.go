@@ -32,7 +32,8 @@ const (
 )
 
 // SinkDelivery is one message for one (sink, target), identified by (event
-// id, sink, target). Payload is what the delivery engine needs to send it
+// id, sink, target), and by MessageID, which is derived from them: the
+// store keeps one delivery per message id. Payload is what the delivery engine needs to send it
 // again; the store does not read it.
 type SinkDelivery struct {
 	ID int64 `json:"id"`
@@ -68,7 +69,6 @@ type SinkDelivery struct {
 
 // SinkAttempt is one logged attempt.
 type SinkAttempt struct {
-	ID         int64         `json:"id"`
 	DeliveryID int64         `json:"delivery_id"`
 	Number     int           `json:"number"`
 	Time       time.Time     `json:"time"`
@@ -122,51 +122,81 @@ func scanSinkDelivery(row interface{ Scan(...any) error }, extra ...any) (SinkDe
 }
 
 // CreateSinkDeliveries persists new deliveries in one transaction and returns
-// those it created, with their ids. A delivery whose (event id, sink,
-// target) exists already is skipped: a redelivered event creates nothing.
+// those it created, with their ids. A delivery whose message id (derived
+// from event id, sink and target) exists already is skipped: a
+// redelivered event creates nothing.
 // Status defaults to pending; CreatedAt and UpdatedAt are set here.
 func (s *DB) CreateSinkDeliveries(ctx context.Context, list []SinkDelivery) ([]SinkDelivery, error) {
-	if len(list) == 0 {
+	return s.WriteSinkBatch(ctx, list, nil)
+}
+
+// WriteSinkBatch creates deliveries (as CreateSinkDeliveries) and records
+// attempts (as RecordSinkAttempts) in one transaction: the delivery
+// engine's writer commits everything waiting at once.
+func (s *DB) WriteSinkBatch(ctx context.Context, creates []SinkDelivery, recs []SinkAttemptRecord) ([]SinkDelivery, error) {
+	if len(creates) == 0 && len(recs) == 0 {
 		return nil, nil
 	}
 	var out []SinkDelivery
 	now := s.now()
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		out = out[:0]
-		stmt, err := tx.PrepareContext(ctx, s.q(`INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target,
-			route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, payload, created_at, updated_at, finished_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (event_id, sink, target) DO NOTHING RETURNING id`))
-		if err != nil {
-			return err
+		var err error
+		if out, err = s.createSinkDeliveriesTx(ctx, tx, creates, now); err != nil {
+			return fmt.Errorf("create deliveries: %w", err)
 		}
-		defer stmt.Close()
-		for _, d := range list {
-			if d.Status == "" {
-				d.Status = DeliveryPending
-			}
-			if d.Payload == nil {
-				d.Payload = []byte{}
-			}
-			d.CreatedAt, d.UpdatedAt = now, now
-			if d.Status != DeliveryPending {
-				d.NextAt, d.FinishedAt = nil, &now
-			}
-			err := stmt.QueryRowContext(ctx, d.MessageID, d.EventID, d.EventType, d.Sink, d.SinkType, d.Target,
-				d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError, d.Payload,
-				ms(now), ms(now), nullMS(d.FinishedAt)).Scan(&d.ID)
-			if errors.Is(err, sql.ErrNoRows) {
-				continue // exists already
-			}
-			if err != nil {
-				return err
-			}
-			out = append(out, d)
+		if err := s.recordSinkAttemptsTx(ctx, tx, recs, now); err != nil {
+			return fmt.Errorf("record attempts: %w", err)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create deliveries: %w", err)
+		return nil, err
+	}
+	return out, nil
+}
+
+// The statements of the delivery engine's writes, prepared once.
+const (
+	insertSinkDelivery = `INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target,
+		route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, payload, created_at, updated_at, finished_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (message_id) DO NOTHING RETURNING id`
+	updateSinkDelivery = `UPDATE deliveries SET status = ?, attempts = attempts + ?, tries = ?, next_at = ?,
+		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ? RETURNING attempts`
+	insertSinkAttempt = `INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_us,
+		status_code, outcome, error, resp_headers, resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+)
+
+func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []SinkDelivery, now time.Time) ([]SinkDelivery, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	p := s.prepared(tx, ctx)
+	out := make([]SinkDelivery, 0, len(list))
+	for _, d := range list {
+		if d.MessageID == "" {
+			return nil, fmt.Errorf("delivery of event %s to %s without a message id", d.EventID, d.Sink)
+		}
+		if d.Status == "" {
+			d.Status = DeliveryPending
+		}
+		if d.Payload == nil {
+			d.Payload = []byte{}
+		}
+		d.CreatedAt, d.UpdatedAt = now, now
+		if d.Status != DeliveryPending {
+			d.NextAt, d.FinishedAt = nil, &now
+		}
+		err := p.QueryRow(insertSinkDelivery, d.MessageID, d.EventID, d.EventType, d.Sink, d.SinkType, d.Target,
+			d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError, d.Payload,
+			ms(now), ms(now), nullMS(d.FinishedAt)).Scan(&d.ID)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue // exists already
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
 	}
 	return out, nil
 }
@@ -278,71 +308,58 @@ func (s *DB) PendingSinkDeliveries(ctx context.Context, after int64, dueBefore t
 // RecordSinkAttempts logs attempts and updates their deliveries, all in one
 // transaction (the engine batches them).
 func (s *DB) RecordSinkAttempts(ctx context.Context, recs []SinkAttemptRecord) error {
+	_, err := s.WriteSinkBatch(ctx, nil, recs)
+	return err
+}
+
+func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAttemptRecord, now time.Time) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	now := s.now()
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		ins, err := tx.PrepareContext(ctx, s.q(`INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_us,
-			status_code, outcome, error, resp_headers, resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`))
+	p := s.prepared(tx, ctx)
+	for _, r := range recs {
+		a := r.Attempt
+		var fin *time.Time
+		next := r.NextAt
+		if r.Status != DeliveryPending {
+			fin, next = &now, nil
+		}
+		var number int
+		logged := a.Outcome != ""
+		inc := 0
+		if logged {
+			inc = 1
+		}
+		err := p.QueryRow(updateSinkDelivery, r.Status, inc, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID).Scan(&number)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue // deleted meanwhile
+		}
 		if err != nil {
 			return err
 		}
-		defer ins.Close()
-		upd, err := tx.PrepareContext(ctx, s.q(`UPDATE deliveries SET status = ?, attempts = attempts + ?, tries = ?, next_at = ?,
-			last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ? RETURNING attempts`))
-		if err != nil {
-			return err
+		if !logged {
+			continue
 		}
-		defer upd.Close()
-		for _, r := range recs {
-			a := r.Attempt
-			var fin *time.Time
-			next := r.NextAt
-			if r.Status != DeliveryPending {
-				fin, next = &now, nil
-			}
-			var number int
-			logged := a.Outcome != ""
-			inc := 0
-			if logged {
-				inc = 1
-			}
-			err := upd.QueryRowContext(ctx, r.Status, inc, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID).Scan(&number)
-			if errors.Is(err, sql.ErrNoRows) {
-				continue // deleted meanwhile
-			}
+		hdr := ""
+		if len(a.Header) > 0 {
+			b, err := json.Marshal(a.Header)
 			if err != nil {
 				return err
 			}
-			if !logged {
-				continue
-			}
-			hdr := ""
-			if len(a.Header) > 0 {
-				b, err := json.Marshal(a.Header)
-				if err != nil {
-					return err
-				}
-				hdr = string(b)
-			}
-			if _, err := ins.ExecContext(ctx, a.DeliveryID, number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
-				a.Outcome, a.Error, hdr, a.Body); err != nil {
-				return err
-			}
+			hdr = string(b)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("record attempts: %w", err)
+		if _, err := p.Exec(insertSinkAttempt, a.DeliveryID, number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
+			a.Outcome, a.Error, hdr, a.Body); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
 // SinkAttempts returns the attempts of one delivery, oldest first.
 func (s *DB) SinkAttempts(ctx context.Context, id int64) ([]SinkAttempt, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, delivery_id, number, started_at, duration_us, status_code, outcome, error,
-		resp_headers, resp_body FROM delivery_attempts WHERE delivery_id = ? ORDER BY id`), id)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT delivery_id, number, started_at, duration_us, status_code, outcome, error,
+		resp_headers, resp_body FROM delivery_attempts WHERE delivery_id = ? ORDER BY number`), id)
 	if err != nil {
 		return nil, fmt.Errorf("delivery attempts: %w", err)
 	}
@@ -352,13 +369,13 @@ func (s *DB) SinkAttempts(ctx context.Context, id int64) ([]SinkAttempt, error) 
 		var a SinkAttempt
 		var started, us int64
 		var hdr string
-		if err := rows.Scan(&a.ID, &a.DeliveryID, &a.Number, &started, &us, &a.StatusCode, &a.Outcome, &a.Error, &hdr, &a.Body); err != nil {
+		if err := rows.Scan(&a.DeliveryID, &a.Number, &started, &us, &a.StatusCode, &a.Outcome, &a.Error, &hdr, &a.Body); err != nil {
 			return nil, fmt.Errorf("delivery attempts: %w", err)
 		}
 		a.Time, a.Duration = fromMS(started), time.Duration(us)*time.Microsecond
 		if hdr != "" {
 			if err := json.Unmarshal([]byte(hdr), &a.Header); err != nil {
-				return nil, fmt.Errorf("delivery attempts: headers of attempt %d: %w", a.ID, err)
+				return nil, fmt.Errorf("delivery attempts: headers of attempt %d: %w", a.Number, err)
 			}
 		}
 		out = append(out, a)

@@ -10,7 +10,7 @@ import (
 )
 
 func newSinkDelivery(event, sink, target string, owner int64, next time.Time) SinkDelivery {
-	return SinkDelivery{MessageID: "msg_" + event + sink, EventID: event, EventType: "build-state-changed", Sink: sink,
+	return SinkDelivery{MessageID: "msg_" + event + sink + target, EventID: event, EventType: "build-state-changed", Sink: sink,
 		SinkType: "webhook", Target: target, Route: "r", OwnerID: owner, BuildID: 7, Seq: 3,
 		NextAt: &next, Payload: []byte(`{"body":"x"}`)}
 }
@@ -32,7 +32,7 @@ func TestDeliveriesCreateDeduplicates(t *testing.T) {
 			t.Fatalf("create again: %+v %v", got2, err)
 		}
 		d, err := s.SinkDelivery(ctx, got[0].ID)
-		if err != nil || string(d.Payload) != `{"body":"x"}` || d.NextAt == nil || !d.NextAt.Equal(now) || d.MessageID != "msg_e1hook" {
+		if err != nil || string(d.Payload) != `{"body":"x"}` || d.NextAt == nil || !d.NextAt.Equal(now) || d.MessageID != "msg_e1hookhttps://a" {
 			t.Fatalf("by id: %+v %v", d, err)
 		}
 		if _, err := s.SinkDelivery(ctx, 9999); !errors.Is(err, ErrNotFound) {

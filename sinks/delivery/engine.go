@@ -43,6 +43,7 @@ type Store interface {
 	SinkDeliveryPayload(ctx context.Context, id int64) ([]byte, error)
 	PendingSinkDeliveries(ctx context.Context, after int64, dueBefore time.Time, limit int) ([]store.SinkDelivery, error)
 	RecordSinkAttempts(ctx context.Context, recs []store.SinkAttemptRecord) error
+	WriteSinkBatch(ctx context.Context, creates []store.SinkDelivery, recs []store.SinkAttemptRecord) ([]store.SinkDelivery, error)
 	RedeliverSinkDelivery(ctx context.Context, id int64, at time.Time) (store.SinkDelivery, error)
 	RecoverSinkDeliveries(ctx context.Context, f store.SinkRecoverFilter, at time.Time) ([]store.SinkDelivery, error)
 	SinkEndpoints(ctx context.Context, sink string) ([]store.SinkEndpoint, error)
@@ -174,7 +175,7 @@ type Engine struct {
 
 	wake           chan struct{}
 	recMu          sync.RWMutex // guards sends on recs against its close
-	recs           chan recOp
+	recs           chan recOp   // to the writer: new deliveries, attempt records, barriers
 	recOpen        bool
 	bg             context.Context
 	stopBG         context.CancelFunc
@@ -339,7 +340,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.recMu.Unlock()
 	e.background.Add(3)
 	go e.schedule()
-	go e.recorder()
+	go e.writer()
 	go e.resync()
 	return nil
 }
@@ -436,30 +437,37 @@ func (e *Engine) Enqueue(ctx context.Context, ds []sinks.Delivery) error {
 		}
 		rows[i].Payload = p
 	}
-	created, err := e.cfg.Store.CreateSinkDeliveries(ctx, rows)
-	if err != nil {
+	if len(rows) == 0 {
+		return nil
+	}
+	if err := e.create(ctx, rows, byKey); err != nil {
 		return fmt.Errorf("delivery: persist: %w", err)
 	}
+	return nil
+}
+
+// admit queues the deliveries just created, with their messages.
+func (e *Engine) admit(ctx context.Context, created []store.SinkDelivery, msgs map[dkey]*sinks.Delivery) {
 	var refused []*item
 	e.mu.Lock()
+	now := e.cfg.Now()
 	for i := range created {
 		row := &created[i]
 		if row.Status != store.DeliveryPending {
 			e.m.dead.WithLabelValues(row.Sink, row.Target).Inc()
 			continue
 		}
-		it := itemFrom(row)
-		it.d = byKey[dkey{row.EventID, row.Sink, row.Target}]
 		if e.closed {
 			continue // in the store for the next start
 		}
+		it := itemFrom(row)
+		it.d = msgs[dkey{row.EventID, row.Sink, row.Target}]
 		if !e.add(it, now) {
 			refused = append(refused, it)
 		}
 	}
 	e.mu.Unlock()
 	e.failDisabled(ctx, refused)
-	return nil
 }
 
 // unimplemented reports (and logs once per sink) a delivery of a sink
@@ -868,14 +876,18 @@ func (e *Engine) apply(fx effects) {
 	}
 }
 
-// recOp is a record to write, or a barrier: done is closed once every
-// record sent before it is written.
+// recOp is work for the writer: deliveries to create (the result goes
+// to reply), an attempt record to write, or a barrier (done is closed
+// once everything sent before it is written).
 type recOp struct {
-	rec  store.SinkAttemptRecord
-	done chan struct{}
+	create []store.SinkDelivery
+	msgs   map[dkey]*sinks.Delivery
+	reply  chan error
+	rec    store.SinkAttemptRecord
+	done   chan struct{}
 }
 
-// send hands an op to the recorder; false when it is not running.
+// send hands an op to the writer; false when it is not running.
 func (e *Engine) send(op recOp) bool {
 	e.recMu.RLock()
 	defer e.recMu.RUnlock()
@@ -898,24 +910,54 @@ func (e *Engine) flush(ctx context.Context) {
 	}
 }
 
-// recorder writes attempt records in batches: one transaction for all
-// that are waiting, so the store keeps up with many targets at once.
-func (e *Engine) recorder() {
+// create persists new deliveries and queues those created. It goes
+// through the writer, so that concurrent callers share a transaction
+// (directly when the writer is not running). The writer queues what it
+// created even when the caller has given up waiting, so nothing stored
+// is left unattempted.
+func (e *Engine) create(ctx context.Context, rows []store.SinkDelivery, msgs map[dkey]*sinks.Delivery) error {
+	reply := make(chan error, 1)
+	if !e.send(recOp{create: rows, msgs: msgs, reply: reply}) {
+		created, err := e.cfg.Store.CreateSinkDeliveries(ctx, rows)
+		if err == nil {
+			e.admit(ctx, created, msgs)
+		}
+		return err
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// writer is the engine's one writer to the store: what is waiting when
+// it looks (new deliveries of several callers, attempt records of many
+// targets) goes in one transaction of each kind, so writes do not queue
+// for the database's lock one by one.
+func (e *Engine) writer() {
 	defer e.background.Done()
-	batch := make([]store.SinkAttemptRecord, 0, 256)
-	var barriers []chan struct{}
+	var (
+		batch    = make([]store.SinkAttemptRecord, 0, 512)
+		creates  []recOp
+		barriers []chan struct{}
+	)
 	add := func(op recOp) {
-		if op.done != nil {
+		switch {
+		case op.reply != nil:
+			creates = append(creates, op)
+		case op.done != nil:
 			barriers = append(barriers, op.done)
-		} else {
+		default:
 			batch = append(batch, op.rec)
 		}
 	}
 	for op := range e.recs {
-		batch, barriers = batch[:0], barriers[:0]
+		batch, creates, barriers = batch[:0], creates[:0], barriers[:0]
 		add(op)
 	more:
-		for len(batch) < cap(batch) {
+		for len(batch) < cap(batch) && len(creates) < 256 {
 			select {
 			case op, ok := <-e.recs:
 				if !ok {
@@ -926,12 +968,42 @@ func (e *Engine) recorder() {
 				break more
 			}
 		}
-		if len(batch) > 0 {
-			e.write(batch)
-		}
+		e.writeBatch(creates, batch)
 		for _, b := range barriers {
 			close(b)
 		}
+	}
+}
+
+// writeBatch persists the deliveries of several Enqueue calls and queues
+// them, and writes attempt records, in one transaction; when it fails,
+// the two parts are tried apart (a failed create is reported to its
+// callers, who retry; records are retried here).
+func (e *Engine) writeBatch(creates []recOp, recs []store.SinkAttemptRecord) {
+	var all []store.SinkDelivery
+	msgs := map[dkey]*sinks.Delivery{}
+	for _, op := range creates {
+		all = append(all, op.create...)
+		for k, v := range op.msgs {
+			msgs[k] = v
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	created, err := e.cfg.Store.WriteSinkBatch(ctx, all, recs)
+	if err != nil && len(all) > 0 && len(recs) > 0 {
+		created, err = e.cfg.Store.CreateSinkDeliveries(ctx, all)
+		e.write(recs)
+	} else if err == nil && len(recs) > 0 {
+		e.recorded(recs)
+	} else if err != nil && len(recs) > 0 {
+		e.write(recs)
+	}
+	if err == nil && len(all) > 0 {
+		e.admit(ctx, created, msgs)
+	}
+	for _, op := range creates {
+		op.reply <- err
 	}
 }
 
@@ -953,6 +1025,11 @@ func (e *Engine) write(batch []store.SinkAttemptRecord) {
 		// attempted again (resync, or the next start), with the same id.
 		e.log.Error("attempt log not written; those deliveries will be attempted again", "count", len(batch), "err", err)
 	}
+	e.recorded(batch)
+}
+
+// recorded forgets the finished deliveries whose records were written.
+func (e *Engine) recorded(batch []store.SinkAttemptRecord) {
 	e.mu.Lock()
 	for _, r := range batch {
 		delete(e.unrecorded, r.Attempt.DeliveryID)

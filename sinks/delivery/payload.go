@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 
@@ -9,34 +10,42 @@ import (
 	"github.com/buildbridge/buildbridge/store"
 )
 
-// payload is what a stored delivery keeps to be sent again after a
-// restart: the rendered message, and the event for sinks that read it.
-// The identity (event id, sink, type, target) is in the row's columns.
-type payload struct {
+// payloadHeader is what a stored delivery keeps, besides its body, to be
+// sent again after a restart: the event for sinks that read it, and the
+// rendered parts. The identity (event id, sink, type, target) is in the
+// row's columns.
+type payloadHeader struct {
 	Event       event.Envelope    `json:"event"`
 	Route       string            `json:"route,omitempty"`
 	Subject     string            `json:"subject,omitempty"`
-	Body        []byte            `json:"body"`
 	ContentType string            `json:"content_type,omitempty"`
 	Params      map[string]string `json:"params,omitempty"`
 }
 
+// encodePayload writes the header as one line of JSON (which never holds
+// a raw newline), then the body as it is: no base64 to store and decode.
 func encodePayload(d *sinks.Delivery) ([]byte, error) {
-	b, err := json.Marshal(payload{Event: d.Event, Route: d.Route, Subject: d.Subject, Body: d.Body,
+	hdr, err := json.Marshal(payloadHeader{Event: d.Event, Route: d.Route, Subject: d.Subject,
 		ContentType: d.ContentType, Params: d.Params})
 	if err != nil {
 		return nil, fmt.Errorf("encode delivery of event %s to %s: %w", d.EventID, d.Sink, err)
 	}
-	return b, nil
+	out := make([]byte, 0, len(hdr)+1+len(d.Body))
+	out = append(append(append(out, hdr...), '\n'), d.Body...)
+	return out, nil
 }
 
 func decodePayload(row *store.SinkDelivery, raw []byte) (*sinks.Delivery, error) {
-	var p payload
-	if err := json.Unmarshal(raw, &p); err != nil {
+	hdr, body, ok := bytes.Cut(raw, []byte{'\n'})
+	var p payloadHeader
+	if !ok {
+		return nil, fmt.Errorf("delivery %d: stored payload unreadable: no header", row.ID)
+	}
+	if err := json.Unmarshal(hdr, &p); err != nil {
 		return nil, fmt.Errorf("delivery %d: stored payload unreadable: %w", row.ID, err)
 	}
 	return &sinks.Delivery{EventID: row.EventID, Event: p.Event, Route: p.Route, Sink: row.Sink, SinkType: row.SinkType,
-		Target: row.Target, Subject: p.Subject, Body: p.Body, ContentType: p.ContentType, Params: p.Params}, nil
+		Target: row.Target, Subject: p.Subject, Body: body, ContentType: p.ContentType, Params: p.Params}, nil
 }
 
 // Message returns the message a stored delivery sends (its rendered body,

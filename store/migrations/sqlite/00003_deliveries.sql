@@ -1,10 +1,12 @@
 -- +goose Up
--- One row per (event, sink, target): persisted before the first attempt.
+-- One row per (event, sink, target), persisted before the first attempt;
+-- message_id is derived from the three, so it is unique with them.
 -- tries counts the attempts of the current round (a redelivery starts a
--- new round), attempts every attempt ever made.
+-- new round), attempts every attempt ever made. Few indexes: every
+-- delivery is written twice (created, then its attempt logged).
 CREATE TABLE deliveries (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id   TEXT    NOT NULL,
+    id           INTEGER PRIMARY KEY,
+    message_id   TEXT    NOT NULL UNIQUE,
     event_id     TEXT    NOT NULL,
     event_type   TEXT    NOT NULL,
     sink         TEXT    NOT NULL,
@@ -23,15 +25,12 @@ CREATE TABLE deliveries (
     payload      BLOB    NOT NULL,
     created_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL,
-    finished_at  INTEGER,
-    UNIQUE (event_id, sink, target)
+    finished_at  INTEGER
 );
-CREATE INDEX deliveries_status ON deliveries(status, next_at);
+CREATE INDEX deliveries_due ON deliveries(next_at) WHERE status = 'pending';
 CREATE INDEX deliveries_owner ON deliveries(owner_id, id);
-CREATE INDEX deliveries_sink ON deliveries(sink, status, finished_at);
 
 CREATE TABLE delivery_attempts (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
     delivery_id   INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
     number        INTEGER NOT NULL,
     started_at    INTEGER NOT NULL,
@@ -40,9 +39,9 @@ CREATE TABLE delivery_attempts (
     outcome       TEXT    NOT NULL,
     error         TEXT    NOT NULL DEFAULT '',
     resp_headers  TEXT    NOT NULL DEFAULT '',
-    resp_body     BLOB
-);
-CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id, id);
+    resp_body     BLOB,
+    PRIMARY KEY (delivery_id, number)
+) WITHOUT ROWID;
 
 -- Health of one (sink, target): when it started failing without a
 -- success since, and whether it is disabled. event_id is the
