@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -678,4 +679,96 @@ func TestWebSocketPingAnswered(t *testing.T) {
 		}
 	}
 	c.sync()
+}
+
+// serverGoroutines lists the goroutines running code of this package
+// (test code aside).
+func serverGoroutines() []string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "buildbridge/realtime.") && !strings.Contains(g, "_test.go") &&
+			!strings.Contains(g, "realtime.Test") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+func TestShutdownLeavesNoGoroutine(t *testing.T) {
+	s, err := New(Config{Apps: []App{{ID: testAppID, Key: testKey, Secret: testSecret, EnableClientEvents: true}},
+		Logger: newTestLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := newHTTPServer(t, s.Handler())
+	for i := range 20 {
+		c := dial(t, hs)
+		c.subscribeOK(fmt.Sprintf("private-g%d", i%3), "")
+		if i%2 == 0 {
+			c.subscribeOK("presence-g", fmt.Sprintf(`{"user_id":"u%d"}`, i))
+		}
+	}
+	if err := s.Publish(context.Background(), testAppID, []string{"private-g0", "private-g1"}, "e", "d", ""); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := serverGoroutines(); len(left) > 0 {
+		t.Fatalf("%d goroutines left after Shutdown:\n%s", len(left), strings.Join(left, "\n\n"))
+	}
+}
+
+// Subscriptions, unsubscriptions, closes and publishes all at once: the
+// race detector and the final state check the locking.
+func TestConcurrentChurn(t *testing.T) {
+	s, hs := newTestServer(t, func(c *Config) { c.Apps[0].EnableSubscriptionCount = true })
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for p := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ch := fmt.Sprintf("churn-%d", i%5)
+				if err := s.Publish(context.Background(), testAppID, []string{ch, "presence-churn"}, "e", fmt.Sprint(p, i), ""); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	for w := range 8 {
+		wg.Go(func() {
+			for round := range 5 {
+				c := dial(t, hs)
+				// Drain whatever arrives so nothing blocks.
+				go func() {
+					for range c.frames {
+					}
+				}()
+				for i := range 5 {
+					ch := fmt.Sprintf("churn-%d", (w+i+round)%5)
+					c.subscribe(ch, "", "")
+					cd := fmt.Sprintf(`{"user_id":"w%d"}`, w)
+					c.subscribe("presence-churn", ChannelAuth(testKey, testSecret, c.socketID, "presence-churn", cd), cd)
+					if i%2 == 0 {
+						c.send(map[string]any{"event": "pusher:unsubscribe", "data": map[string]string{"channel": ch}})
+					}
+				}
+				_ = c.ws.CloseNow()
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	eventually(t, "all channels vacated", func() bool { return s.Stats().Channels == 0 && s.Stats().Connections == 0 })
 }
