@@ -21,7 +21,7 @@ var (
 	ErrServerClosed   = errors.New("realtime: server closed")
 	ErrInvalidChannel = errors.New("realtime: invalid channel name")
 	ErrInvalidEvent   = errors.New("realtime: invalid event name")
-	ErrTooManyChannel = fmt.Errorf("realtime: more than %d channels", MaxPublishChannels)
+	ErrTooManyChannels = fmt.Errorf("realtime: more than %d channels", MaxPublishChannels)
 	ErrDataTooLarge   = fmt.Errorf("realtime: event data over %d bytes", MaxEventDataSize)
 	ErrInvalidSocket  = errors.New("realtime: invalid socket id")
 	ErrInvalidUser    = errors.New("realtime: invalid user id")
@@ -295,7 +295,7 @@ func checkPublish(channels []string, event, data, socketID string) error {
 		return fmt.Errorf("%w: no channel given", ErrInvalidChannel)
 	}
 	if len(channels) > MaxPublishChannels {
-		return ErrTooManyChannel
+		return ErrTooManyChannels
 	}
 	for _, ch := range channels {
 		if !validPublishChannel(ch) {
