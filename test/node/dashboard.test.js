@@ -255,6 +255,21 @@ test('on a phone the page fits the screen and rows keep one height', async () =>
   await page.setViewportSize({ width: 1280, height: 800 });
 });
 
+test('the deliveries page lists failed deliveries when the server has the delivery API', async () => {
+  const has = (await api.call('GET', '/api/v1/deliveries?status=failed')).status === 200;
+  await page.goto(hub.base + '/');
+  await page.locator('li.build').first().waitFor();
+  assert.equal(await page.getByRole('link', { name: 'Deliveries' }).count(), has ? 1 : 0);
+  if (!has) return;
+  await page.getByRole('link', { name: 'Deliveries' }).click();
+  await page.getByRole('heading', { name: 'Failed deliveries' }).waitFor();
+  await page.locator('ul.deliveries > li').first().waitFor();
+  const { deliveries } = await api.must(200, 'GET', '/api/v1/deliveries?status=failed');
+  assert.equal(await page.locator('li.delivery').count(), deliveries.length);
+  await page.getByRole('link', { name: 'Builds' }).click();
+  await page.locator('li.build').first().waitFor();
+});
+
 test('sign-out ends the session on the server', async () => {
   const cookie = (await context.cookies(hub.base)).find((x) => x.name === 'bb_session');
   await page.getByRole('button', { name: 'Sign out' }).click();
