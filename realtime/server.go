@@ -17,14 +17,14 @@ import (
 
 // Errors returned by Server methods.
 var (
-	ErrUnknownApp     = errors.New("realtime: unknown app")
-	ErrServerClosed   = errors.New("realtime: server closed")
-	ErrInvalidChannel = errors.New("realtime: invalid channel name")
-	ErrInvalidEvent   = errors.New("realtime: invalid event name")
+	ErrUnknownApp      = errors.New("realtime: unknown app")
+	ErrServerClosed    = errors.New("realtime: server closed")
+	ErrInvalidChannel  = errors.New("realtime: invalid channel name")
+	ErrInvalidEvent    = errors.New("realtime: invalid event name")
 	ErrTooManyChannels = fmt.Errorf("realtime: more than %d channels", MaxPublishChannels)
-	ErrDataTooLarge   = fmt.Errorf("realtime: event data over %d bytes", MaxEventDataSize)
-	ErrInvalidSocket  = errors.New("realtime: invalid socket id")
-	ErrInvalidUser    = errors.New("realtime: invalid user id")
+	ErrDataTooLarge    = fmt.Errorf("realtime: event data over %d bytes", MaxEventDataSize)
+	ErrInvalidSocket   = errors.New("realtime: invalid socket id")
+	ErrInvalidUser     = errors.New("realtime: invalid user id")
 )
 
 // Server is a Pusher-protocol server. Create it with New, serve its
