@@ -5,7 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -462,13 +462,11 @@ type smallBufferHijacker struct {
 }
 
 func (h *smallBufferHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	hj, ok := h.ResponseWriter.(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("realtime: response writer cannot be hijacked")
-	}
-	nc, brw, err := hj.Hijack()
+	// The controller follows Unwrap, through middleware that wraps the
+	// writer.
+	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("realtime: hijack: %w", err)
 	}
 	var r io.Reader = nc
 	if n := brw.Reader.Buffered(); n > 0 {

@@ -772,3 +772,21 @@ func TestConcurrentChurn(t *testing.T) {
 	wg.Wait()
 	eventually(t, "all channels vacated", func() bool { return s.Stats().Channels == 0 && s.Stats().Connections == 0 })
 }
+
+// unwrapOnly is middleware's response writer: no Hijack, only Unwrap.
+type unwrapOnly struct{ http.ResponseWriter }
+
+func (w unwrapOnly) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func TestUpgradeThroughWrappingMiddleware(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	hs := newHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Handler().ServeHTTP(unwrapOnly{w}, r)
+	}))
+	c := dial(t, hs)
+	c.subscribeOK("wrapped", "")
+	if err := s.Publish(context.Background(), testAppID, []string{"wrapped"}, "e", "d", ""); err != nil {
+		t.Fatal(err)
+	}
+	c.expect("e")
+}
