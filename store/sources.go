@@ -89,6 +89,10 @@ type rowScanner struct {
 
 func (r rowScanner) Scan(dest ...any) error { return r.row.Scan(append(dest, r.extra...)...) }
 
+const projectWebhookQuery = `SELECT p.id, p.name, p.owner_id, p.repo, p.default_branch, p.steps, p.timeout_ms, p.settings, p.created_at, p.updated_at,
+	w.secret, w.previous_secret, w.previous_expires_at, w.created_at
+	FROM projects p LEFT JOIN webhook_secrets w ON w.project_id = p.id WHERE p.name = ?`
+
 // ProjectWebhook returns a project by name with its webhook secret (an
 // empty Secret when none was ever created), in one query: webhooks look
 // both up on every delivery.
@@ -98,12 +102,13 @@ func (s *DB) ProjectWebhook(ctx context.Context, name string) (builds.Project, W
 		expires, created sql.NullInt64
 		secret, previous sql.NullString
 	)
-	p, err := scanProject(rowScanner{
-		row: s.db.QueryRowContext(ctx, s.q(`SELECT p.id, p.name, p.owner_id, p.repo, p.default_branch, p.steps, p.timeout_ms, p.settings, p.created_at, p.updated_at,
-			w.secret, w.previous_secret, w.previous_expires_at, w.created_at
-			FROM projects p LEFT JOIN webhook_secrets w ON w.project_id = p.id WHERE p.name = ?`), name),
-		extra: []any{&secret, &previous, &expires, &created},
-	})
+	var row *sql.Row
+	if st := s.stmt(projectWebhookQuery); st != nil {
+		row = st.QueryRowContext(ctx, name)
+	} else {
+		row = s.db.QueryRowContext(ctx, s.q(projectWebhookQuery), name)
+	}
+	p, err := scanProject(rowScanner{row: row, extra: []any{&secret, &previous, &expires, &created}})
 	if errors.Is(err, sql.ErrNoRows) {
 		return p, w, fmt.Errorf("project %q: %w", name, ErrNotFound)
 	}
@@ -157,50 +162,96 @@ type PushOutcome struct {
 // With supersede, each new build of a branch cancels the builds of that
 // branch that are still queued.
 func (s *DB) IngestPush(ctx context.Context, d Delivery, reqs []PushBuild, supersede bool) (PushOutcome, error) {
-	var out PushOutcome
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		out = PushOutcome{}
-		if d.ID != "" {
-			res, err := tx.ExecContext(ctx, s.q(`INSERT INTO source_deliveries (project_id, source, delivery_id, created_at) VALUES (?, ?, ?, ?)
-				ON CONFLICT DO NOTHING`), d.ProjectID, d.Source, d.ID, ms(s.now()))
-			if err != nil {
-				if strings.Contains(err.Error(), "FOREIGN KEY") || strings.Contains(err.Error(), "23503") {
-					return fmt.Errorf("project %d: %w", d.ProjectID, ErrNotFound)
-				}
-				return fmt.Errorf("record delivery: %w", err)
-			}
-			if n, err := res.RowsAffected(); err != nil {
-				return fmt.Errorf("record delivery: %w", err)
-			} else if n == 0 {
-				out.Duplicate = true
-				return nil
-			}
-		}
-		for _, r := range reqs {
-			if r.ProjectID != d.ProjectID {
-				return fmt.Errorf("build for project %d in a delivery to project %d", r.ProjectID, d.ProjectID)
-			}
-			b, err := s.createBuildTx(ctx, tx, r)
-			if err != nil {
-				return err
-			}
-			out.Builds = append(out.Builds, b)
-			if !supersede || b.Branch == "" {
-				continue
-			}
-			old, err := s.supersedeTx(ctx, tx, b)
+	outs, errs, err := s.IngestPushes(ctx, []PushRequest{{Delivery: d, Builds: reqs, Supersede: supersede}})
+	if err != nil {
+		return PushOutcome{}, err
+	}
+	return outs[0], errs[0]
+}
+
+// PushRequest is one delivery with the builds it asks for.
+type PushRequest struct {
+	Delivery  Delivery
+	Builds    []PushBuild
+	Supersede bool
+}
+
+// IngestPushes is IngestPush for several deliveries in one transaction
+// (group commit: one commit, one write of the shared pages, for a burst
+// of webhooks). When one delivery fails (its project was deleted
+// meanwhile, …), the transaction is rolled back and each delivery is
+// committed on its own, so only that one gets its error in errs[i]. err
+// reports a failure that hit them all; then nothing was committed.
+func (s *DB) IngestPushes(ctx context.Context, reqs []PushRequest) (outs []PushOutcome, errs []error, err error) {
+	outs, errs = make([]PushOutcome, len(reqs)), make([]error, len(reqs))
+	// Savepoints would isolate a failing delivery inside the batch, but
+	// SQLite writes every page a savepoint touches to a statement journal
+	// first: a retry of the rare failed batch is cheaper.
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		for i, r := range reqs {
+			out, err := s.ingestTx(ctx, tx, r)
 			if err != nil {
 				return err
 			}
-			out.Superseded = append(out.Superseded, old...)
+			outs[i] = out
 		}
 		return nil
 	})
-	if err != nil {
-		return PushOutcome{}, fmt.Errorf("ingest push: %w", err)
+	if err != nil && len(reqs) > 1 && ctx.Err() == nil {
+		for i, r := range reqs {
+			outs[i], errs[i] = s.IngestPush(ctx, r.Delivery, r.Builds, r.Supersede)
+		}
+		return outs, errs, nil
 	}
-	if len(out.Builds) > 0 || len(out.Superseded) > 0 {
-		s.notifyOutbox()
+	if err != nil {
+		return nil, nil, fmt.Errorf("ingest push: %w", err)
+	}
+	for _, o := range outs {
+		if len(o.Builds) > 0 || len(o.Superseded) > 0 {
+			s.notifyOutbox()
+			break
+		}
+	}
+	return outs, errs, nil
+}
+
+// ingestTx records one delivery and queues its builds inside tx.
+func (s *DB) ingestTx(ctx context.Context, tx *sql.Tx, r PushRequest) (PushOutcome, error) {
+	var out PushOutcome
+	d := r.Delivery
+	if d.ID != "" {
+		res, err := s.prepared(tx, ctx).Exec(`INSERT INTO source_deliveries (project_id, source, delivery_id, created_at) VALUES (?, ?, ?, ?)
+			ON CONFLICT DO NOTHING`, d.ProjectID, d.Source, d.ID, ms(s.now()))
+		if err != nil {
+			if strings.Contains(err.Error(), "FOREIGN KEY") || strings.Contains(err.Error(), "23503") {
+				return out, fmt.Errorf("project %d: %w", d.ProjectID, ErrNotFound)
+			}
+			return out, fmt.Errorf("record delivery: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return out, fmt.Errorf("record delivery: %w", err)
+		} else if n == 0 {
+			out.Duplicate = true
+			return out, nil
+		}
+	}
+	for _, b := range r.Builds {
+		if b.ProjectID != d.ProjectID {
+			return out, fmt.Errorf("build for project %d in a delivery to project %d", b.ProjectID, d.ProjectID)
+		}
+		nb, err := s.createBuildTx(ctx, tx, b)
+		if err != nil {
+			return out, err
+		}
+		out.Builds = append(out.Builds, nb)
+		if !r.Supersede || nb.Branch == "" {
+			continue
+		}
+		old, err := s.supersedeTx(ctx, tx, nb)
+		if err != nil {
+			return out, err
+		}
+		out.Superseded = append(out.Superseded, old...)
 	}
 	return out, nil
 }
@@ -212,7 +263,7 @@ func (s *DB) createBuildTx(ctx context.Context, tx *sql.Tx, nb PushBuild) (build
 		b    builds.Build
 		proj builds.ProjectRef
 	)
-	err := tx.QueryRowContext(ctx, s.q(`UPDATE projects SET last_number = last_number + 1 WHERE id = ? RETURNING id, name, owner_id, last_number`),
+	err := s.prepared(tx, ctx).QueryRow(`UPDATE projects SET last_number = last_number + 1 WHERE id = ? RETURNING id, name, owner_id, last_number`,
 		nb.ProjectID).Scan(&proj.ID, &proj.Name, &proj.OwnerID, &b.Number)
 	if errors.Is(err, sql.ErrNoRows) {
 		return b, fmt.Errorf("project %d: %w", nb.ProjectID, ErrNotFound)
@@ -223,8 +274,8 @@ func (s *DB) createBuildTx(ctx context.Context, tx *sql.Tx, nb PushBuild) (build
 	b.ProjectID, b.State, b.Ref, b.Branch, b.SHA = nb.ProjectID, builds.Queued, nb.Ref, nb.Branch, nb.SHA
 	b.Author, b.AuthorEmail, b.Message, b.TriggeredBy = nb.Author, nb.AuthorEmail, nb.Message, nb.TriggeredBy
 	b.CreatedAt = s.now()
-	err = tx.QueryRowContext(ctx, s.q(`INSERT INTO builds (project_id, number, state, ref, branch, sha, author, author_email, message, triggered_by, created_at, compare_url, pusher)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+	err = s.prepared(tx, ctx).QueryRow(`INSERT INTO builds (project_id, number, state, ref, branch, sha, author, author_email, message, triggered_by, created_at, compare_url, pusher)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
 		b.ProjectID, b.Number, b.State, b.Ref, b.Branch, b.SHA, b.Author, b.AuthorEmail, b.Message, b.TriggeredBy, ms(b.CreatedAt),
 		nb.CompareURL, nb.Pusher).Scan(&b.ID)
 	if err != nil {

@@ -213,3 +213,38 @@ func TestPruneDeliveries(t *testing.T) {
 		}
 	})
 }
+
+func TestIngestPushesBatch(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		notified := 0
+		s.SetOnOutbox(func() { notified++ })
+		_, p := mkProject(t, s, "app")
+		req := func(id, sha string, project int64) PushRequest {
+			return PushRequest{Delivery: Delivery{ProjectID: p.ID, Source: "github", ID: id},
+				Builds: []PushBuild{{NewBuild: NewBuild{ProjectID: project, Ref: "refs/heads/main", Branch: "main", SHA: sha}}}, Supersede: true}
+		}
+		outs, errs, err := s.IngestPushes(ctx, []PushRequest{
+			req("a", "1", p.ID),
+			req("b", "2", 9999), // fails: the batch is retried one by one, the others commit
+			req("a", "1", p.ID), // the same delivery twice in one batch
+			req("c", "3", p.ID),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errs[0] != nil || errs[1] == nil || errs[2] != nil || errs[3] != nil {
+			t.Fatalf("errs %v", errs)
+		}
+		if len(outs[0].Builds) != 1 || len(outs[1].Builds) != 0 || !outs[2].Duplicate || len(outs[3].Builds) != 1 ||
+			len(outs[3].Superseded) != 1 || outs[3].Superseded[0].ID != outs[0].Builds[0].ID || notified == 0 {
+			t.Fatalf("outs %+v (notified %d)", outs, notified)
+		}
+		if outs[3].Builds[0].Number != outs[0].Builds[0].Number+1 {
+			t.Fatalf("numbers %d then %d: the failed delivery used one", outs[0].Builds[0].Number, outs[3].Builds[0].Number)
+		}
+		if out, err := s.IngestPush(ctx, Delivery{ProjectID: p.ID, Source: "github", ID: "b"}, nil, false); err != nil || out.Duplicate {
+			t.Fatalf("failed delivery recorded: %+v %v", out, err)
+		}
+	})
+}

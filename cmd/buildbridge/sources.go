@@ -29,7 +29,7 @@ func mountSources(_ context.Context, h *hub) error {
 	if err != nil {
 		return err
 	}
-	ing, err := sources.New(sources.Config{Store: h.store, Scheduler: h.queue, Logger: h.log})
+	ing, err := sources.New(sources.Config{Store: h.store, Scheduler: h.queue, Logger: h.log, Metrics: metrics})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,308 @@
+// Command ingest measures signed GitHub push ingest: each request is a
+// GitHub push delivery signed with the project's webhook secret, sent over
+// loopback HTTP to the real forge handler, which checks the signature,
+// de-duplicates the delivery id and commits the build (build row, QUEUED
+// transition, outbox row, delivery id) in a real SQLite store. It prints
+// throughput and latency percentiles and checks every build was committed
+// exactly once.
+//
+// Two ways to load it: closed loop (-c senders, each sending its next push
+// as soon as the last one is answered: the most the hub can take), and
+// open loop (-rate pushes per second on a fixed schedule, whatever the
+// answers: the latency a steady stream sees, measured from each push's
+// scheduled time so a stall counts for every push it delays).
+//
+//	go run ./bench/ingest -n 20000 -c 16
+//	go run ./bench/ingest -n 30000 -rate 3000
+package main
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/buildbridge/buildbridge/builds"
+	"github.com/buildbridge/buildbridge/sources"
+	"github.com/buildbridge/buildbridge/sources/forge"
+	"github.com/buildbridge/buildbridge/sources/forge/forgetest"
+	"github.com/buildbridge/buildbridge/store"
+)
+
+func main() {
+	n := flag.Int("n", 20000, "signed pushes to send")
+	conc := flag.Int("c", 16, "concurrent senders (open loop: the most pushes in flight)")
+	rate := flag.Float64("rate", 0, "open loop: send this many pushes per second on a fixed schedule (0: closed loop)")
+	replays := flag.Int("replays", 0, "also send this many redeliveries of already sent ids (must build nothing)")
+	dir := flag.String("dir", "", "data directory for the SQLite store (default: a new temporary one)")
+	maxTime := flag.Duration("max", 2*time.Minute, "stop sending after this long")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ingest:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	if *rate > 0 && *conc < 64 {
+		*conc = 64
+	}
+	if err := run(*n, *conc, *rate, *replays, *dir, *maxTime); err != nil {
+		fmt.Fprintln(os.Stderr, "ingest:", err)
+		pprof.StopCPUProfile()
+		os.Exit(1)
+	}
+}
+
+// counter is the queue's side: it only counts wake-ups.
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) Wake() { c.n.Add(1) }
+
+// rig is the store, the handler and a loopback server.
+type rig struct {
+	store   *store.DB
+	handler *forge.Handler
+	project builds.Project
+	secret  string
+	wakes   *counter
+	reg     *prometheus.Registry
+}
+
+func newRig(ctx context.Context, dir string) (*rig, error) {
+	quiet := slog.New(slog.DiscardHandler)
+	s, err := store.Open(ctx, store.Config{DataDir: dir, Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	u, err := s.CreateUser(ctx, "bench", false)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.CreateProject(ctx, builds.Project{Name: "app", OwnerID: u.ID, Repo: "/srv/app.git", DefaultBranch: "main",
+		Steps: []builds.Step{{Name: "test", Run: "make test"}}})
+	if err != nil {
+		return nil, err
+	}
+	secret, err := forge.NewSecret()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.RotateWebhookSecret(ctx, p.ID, secret, 0); err != nil {
+		return nil, err
+	}
+	r := &rig{store: s, project: p, secret: secret, wakes: &counter{}, reg: prometheus.NewRegistry()}
+	metrics, err := sources.NewMetrics(r.reg)
+	if err != nil {
+		return nil, err
+	}
+	ing, err := sources.New(sources.Config{Store: s, Scheduler: r.wakes, Logger: quiet, Metrics: metrics})
+	if err != nil {
+		return nil, err
+	}
+	r.handler, err = forge.NewHandler(forge.Config{Projects: s, Ingester: ing, Metrics: metrics, Logger: quiet})
+	return r, err
+}
+
+func sha(i int) string {
+	sum := sha1.Sum([]byte(strconv.Itoa(i)))
+	return hex.EncodeToString(sum[:])
+}
+
+// delivery is the i-th signed push: its own delivery id and commit.
+func (r *rig) delivery(i int) forgetest.Delivery {
+	return forgetest.GitHubPush(forgetest.Push{
+		Ref: "refs/heads/main", Before: sha(i - 1), After: sha(i),
+		Message: "Fix the flaky test #" + strconv.Itoa(i) + "\n\nThe retry loop now waits for the server.",
+		Author:  "Ann Author", Email: "ann@example.com", Pusher: "ann",
+	}, fmt.Sprintf("72d3162e-cc78-11e3-81ab-%012d", i), r.secret)
+}
+
+func run(n, conc int, rate float64, replays int, dir string, maxTime time.Duration) error {
+	ctx := context.Background()
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "bench-ingest")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	r, err := newRig(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer r.store.Close()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.handler.Serve(w, req, "github", "app")
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	url := "http://" + ln.Addr().String() + "/hooks/github/app"
+
+	// Payloads are made and signed up front: the clock measures the hub.
+	reqs := make([]forgetest.Delivery, n+replays)
+	for i := range n {
+		reqs[i] = r.delivery(i + 1)
+	}
+	for i := range replays {
+		reqs[n+i] = reqs[i*n/max(replays, 1)]
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}}
+
+	lat := make([]time.Duration, len(reqs))
+	var failed atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	send := func(i int, from time.Time) {
+		resp, err := client.Do(reqs[i].Request(url))
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("delivery %d: status %d", i, resp.StatusCode)
+			}
+		}
+		lat[i] = time.Since(from)
+		if err != nil {
+			failed.Add(1)
+			errOnce.Do(func() { firstErr = err })
+		}
+	}
+	deadline := time.Now().Add(maxTime)
+	cpu0 := cpuTime()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var sent int
+	if rate > 0 {
+		// Open loop: a pacer hands each push, with its scheduled time, to
+		// a pool of senders.
+		type job struct {
+			i    int
+			when time.Time
+		}
+		jobs := make(chan job, len(reqs))
+		for range conc {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := range jobs {
+					send(j.i, j.when)
+				}
+			}()
+		}
+		interval := time.Duration(float64(time.Second) / rate)
+		for i := range reqs {
+			when := start.Add(time.Duration(i) * interval)
+			if when.After(deadline) {
+				break
+			}
+			time.Sleep(time.Until(when))
+			jobs <- job{i, when}
+			sent++
+		}
+		close(jobs)
+	} else {
+		var next atomic.Int64
+		for range conc {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= len(reqs) || time.Now().After(deadline) {
+						return
+					}
+					send(i, time.Now())
+				}
+			}()
+		}
+		wg.Wait()
+		sent = min(int(next.Load()), len(reqs))
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
+	if firstErr != nil {
+		return fmt.Errorf("%d of %d requests failed; first: %w", failed.Load(), sent, firstErr)
+	}
+	done := lat[:sent]
+	slices.Sort(done)
+	pct := func(p float64) time.Duration { return done[min(len(done)-1, int(p*float64(len(done))))] }
+
+	var built int
+	if err := r.store.SQL().QueryRowContext(ctx, `SELECT COUNT(*) FROM builds`).Scan(&built); err != nil {
+		return err
+	}
+	var outbox int
+	if err := r.store.SQL().QueryRowContext(ctx, `SELECT COUNT(*) FROM outbox`).Scan(&outbox); err != nil {
+		return err
+	}
+	wantBuilt := min(sent, n)
+	mode := fmt.Sprintf("closed loop, %d senders", conc)
+	if rate > 0 {
+		mode = fmt.Sprintf("open loop at %.0f/s", rate)
+	}
+	fmt.Printf("signed GitHub pushes: %d sent (%d redeliveries), %s, in %s\n", sent, max(0, sent-n), mode, elapsed.Round(time.Millisecond))
+	fmt.Printf("throughput: %.0f pushes/s\n", float64(sent)/elapsed.Seconds())
+	fmt.Printf("latency:    p50 %s  p90 %s  p99 %s  max %s\n", pct(.50).Round(time.Microsecond), pct(.90).Round(time.Microsecond),
+		pct(.99).Round(time.Microsecond), done[len(done)-1].Round(time.Microsecond))
+	fmt.Printf("cpu:        %s per push (hub and load generator in one process; %.1f cores busy on average)\n",
+		(cpu / time.Duration(sent)).Round(time.Microsecond), cpu.Seconds()/elapsed.Seconds())
+	if n, sum, ok := histogram(r.reg, "buildbridge_source_commit_pushes"); ok {
+		_, secs, _ := histogram(r.reg, "buildbridge_source_commit_seconds")
+		fmt.Printf("commits:    %d transactions, %.1f pushes each on average, %s each on average\n",
+			n, sum/float64(n), time.Duration(secs/float64(n)*float64(time.Second)).Round(time.Microsecond))
+	}
+	fmt.Printf("committed:  %d builds, %d outbox rows, %d queue wake-ups (want %d builds)\n", built, outbox, r.wakes.n.Load(), wantBuilt)
+	if built != wantBuilt || outbox != wantBuilt {
+		return errors.New("builds committed do not match the pushes sent: lost or duplicated")
+	}
+	return nil
+}
+
+// cpuTime is the CPU time (user and system) the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// histogram returns the count and sum of a histogram in reg.
+func histogram(reg *prometheus.Registry, name string) (uint64, float64, bool) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0, 0, false
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			h := mf.GetMetric()[0].GetHistogram()
+			return h.GetSampleCount(), h.GetSampleSum(), h.GetSampleCount() > 0
+		}
+	}
+	return 0, 0, false
+}
