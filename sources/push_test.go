@@ -2,11 +2,16 @@ package sources
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/store"
@@ -146,5 +151,67 @@ func TestIngester(t *testing.T) {
 	}
 	if _, err := New(Config{Store: s}); err == nil {
 		t.Fatal("config without a scheduler accepted")
+	}
+}
+
+// TestIngesterGroupCommit sends many pushes at once: each caller gets its
+// own builds, every push is committed exactly once, and pushes that
+// arrived together shared transactions.
+func TestIngesterGroupCommit(t *testing.T) {
+	ctx := context.Background()
+	s, err := store.Open(ctx, store.Config{DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	u, _ := s.CreateUser(ctx, "ann", false)
+	p, _ := s.CreateProject(ctx, builds.Project{Name: "app", OwnerID: u.ID, Repo: "/r", DefaultBranch: "main"})
+	reg := prometheus.NewRegistry()
+	m, _ := NewMetrics(reg)
+	in, err := New(Config{Store: s, Scheduler: &wakes{}, Logger: slog.New(slog.DiscardHandler), Metrics: m, MaxBatch: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	var wg sync.WaitGroup
+	results := make([]Result, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sha := fmt.Sprintf("%040x", i+1)
+			// Every fifth push is a redelivery of the one before it.
+			id := fmt.Sprintf("d-%d", i-i%5/4)
+			results[i], errs[i] = in.Ingest(ctx, p, Push{Source: SourceGitHub, DeliveryID: id,
+				Refs: []RefUpdate{{Ref: "refs/heads/b" + strconv.Itoa(i), Old: zero, New: sha}}})
+		}()
+	}
+	wg.Wait()
+	built := map[int64]bool{}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("push %d: %v", i, errs[i])
+		}
+		for _, b := range results[i].Builds {
+			if b.Branch != "b"+strconv.Itoa(i) || built[b.ID] {
+				t.Fatalf("push %d got build %+v", i, b)
+			}
+			built[b.ID] = true
+		}
+	}
+	list, _ := s.ListBuilds(ctx, store.BuildFilter{ProjectID: p.ID, Limit: 500})
+	if len(list) != len(built) || len(built) != n-n/5 {
+		t.Fatalf("%d builds stored, %d returned, want %d", len(list), len(built), n-n/5)
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "buildbridge_source_commit_pushes" {
+			h := mf.GetMetric()[0].GetHistogram()
+			if h.GetSampleSum() != n || h.GetSampleCount() > n {
+				t.Fatalf("commit histogram: %d commits of %v pushes", h.GetSampleCount(), h.GetSampleSum())
+			}
+			t.Logf("%d pushes in %d commits", n, h.GetSampleCount())
+		}
 	}
 }
