@@ -543,7 +543,7 @@ func (l *loader) match(rt *route, path string, n *yaml.Node) {
 				l.el.add(line, col, kp, "%s", msg)
 				continue
 			}
-			rt.cond = prog
+			rt.cond, rt.condFast = prog, compileFastCond(prog)
 		default:
 			l.unknownKey(k, path, "match key", MatchKeys)
 		}

@@ -47,6 +47,7 @@ type route struct {
 	statuses []string
 	notify   notifyMode
 	cond     *vm.Program
+	condFast fastCond
 	condSrc  string
 	to       []*target
 }
@@ -309,7 +310,11 @@ func (rt *route) firstFailure(x *evalCtx) (failure, error) {
 	if rt.notify == notifyNever {
 		return failNever, nil
 	}
-	if rt.cond != nil {
+	if rt.condFast != nil {
+		if !rt.condFast(x.exprEnv()) {
+			return failIf, nil
+		}
+	} else if rt.cond != nil {
 		out, err := x.vm.Run(rt.cond, x.exprEnv())
 		if err != nil {
 			return failIfError, err
