@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 DATA    ?= ./data
 
-.PHONY: run build web test test-go test-node lint bench fuzz clean
+.PHONY: run build web test test-go test-rules test-node lint bench clean
 
 build: web
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/buildbridge
@@ -28,15 +28,23 @@ run: build
 
 # Every test: formatting and vet, the Go suites with the race detector
 # (PostgreSQL and NATS ones when those answer; scripts/services.sh starts
-# them if they are installed but down), the fuzz seed corpora, and the
-# example rules file.
+# them if they are installed but down) and their fuzz seed corpora, the
+# example rules file, and the client tests (pusher-js, headless Chromium).
 test: lint build
+	$(MAKE) --no-print-directory test-go
+	$(MAKE) --no-print-directory test-rules
+	$(MAKE) --no-print-directory test-node
+
+test-go:
 	@eval "$$(bash scripts/services.sh)"; \
 	  echo "postgres: $${BUILDBRIDGE_TEST_POSTGRES:-not available}; nats: $${BUILDBRIDGE_TEST_NATS:-not available}"; \
 	  $(GO) test -race -count=1 -timeout 12m ./...
 
-# Client tests: the official pusher-js (and later the dashboard in headless
-# Chromium) against a real `buildbridge serve`.
+test-rules: build
+	$(BIN) rules check rules.example.yaml
+
+# Client tests: the official pusher-js and the dashboard in headless
+# Chromium, against a real `buildbridge serve`.
 test-node: build test/node/node_modules/.installed
 	bash scripts/chromium.sh
 	cd test/node && BUILDBRIDGE_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 --test-timeout=180000 *.test.js

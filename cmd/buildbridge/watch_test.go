@@ -1,7 +1,14 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/buildbridge/buildbridge/event"
 )
@@ -24,4 +31,73 @@ func TestDescribeEvent(t *testing.T) {
 			t.Errorf("got %q, want %q", got, c.want)
 		}
 	}
+}
+
+// TestWatchEndToEnd runs `buildbridge watch --json` against a real serve
+// and expects the three transitions of a build, in order, then the human
+// format of another build.
+func TestWatchEndToEnd(t *testing.T) {
+	data := t.TempDir()
+	token := strings.TrimSpace(runCLI(t, "user", "add", "ann", "--data", data))
+	p := startServer(t, data, freeAddr(t), newEventLog())
+	c := client{base: "http://" + p.addr, token: token}
+	repo := newTestRepo(t)
+	repo.commit(t, "main", "watched", map[string]string{".buildbridge.yml": "steps:\n  - name: ok\n    run: echo ok\n"})
+	c.mustCall(t, 201, "POST", "/api/v1/projects", map[string]any{"name": "app", "repo": repo.bare})
+
+	for _, jsonMode := range []bool{true, false} {
+		args := []string{"watch", "--url", c.base, "--token", token}
+		if jsonMode {
+			args = append(args, "--json")
+		}
+		cmd := exec.Command(binPath, args...)
+		stdout, _ := cmd.StdoutPipe()
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lines := make(chan string, 16)
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			close(lines)
+		}()
+		// Wait for the subscription before triggering, as a user would.
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(stderr.String(), "subscribed") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		b := c.mustCall(t, 201, "POST", "/api/v1/projects/app/builds", nil)
+		var got []string
+		timeout := time.After(30 * time.Second)
+		for len(got) < 3 {
+			select {
+			case l := <-lines:
+				got = append(got, l)
+			case <-timeout:
+				t.Fatalf("watch printed %q; stderr %s", got, stderr.String())
+			}
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if jsonMode {
+			var states []string
+			for _, l := range got {
+				var ev event.Envelope
+				if err := json.Unmarshal([]byte(l), &ev); err != nil || ev.Build == nil || ev.Build.ID != int64(b["id"].(float64)) {
+					t.Fatalf("line %q: %v", l, err)
+				}
+				states = append(states, string(ev.Build.State))
+			}
+			if strings.Join(states, ",") != "QUEUED,STARTED,FINISHED" {
+				t.Fatalf("states %v", states)
+			}
+		} else if !strings.HasPrefix(got[2], "✓ app #") || !strings.Contains(got[2], "main passed in") {
+			t.Fatalf("human lines %q", got)
+		}
+	}
+	p.stop(t)
 }
