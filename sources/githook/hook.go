@@ -148,33 +148,46 @@ func Run(ctx context.Context, cfg RunConfig) {
 
 	client := &Client{URL: settings.URL, Token: token, HTTP: cfg.HTTP}
 	sp, err := OpenSpool(SpoolDir(cfg.GitDir))
-	if err == nil {
-		var unlock func()
-		if unlock, err = sp.Lock(ctx); err == nil {
-			defer unlock()
-			for i, body := range bodies {
-				if _, err = sp.Add(ids[i], body); err != nil {
-					break
-				}
-			}
-			if err == nil {
-				report(cfg.Stderr, settings.Project, Flush(ctx, sp, client), sp.Dir(), "with the next push or by `buildbridge hook flush`")
+	if err != nil {
+		// Without a spool (an unwritable git directory) the requests are
+		// sent directly, and lost if the hub does not take them: say so.
+		say("cannot use the spool (%v); sending without it", err)
+		for _, body := range bodies {
+			res, serr := client.Send(ctx, body)
+			if serr != nil {
+				say("%v; this build request is lost, trigger the build through the API", serr)
 				return
 			}
+			reportResult(cfg.Stderr, settings.Project, res)
+		}
+		return
+	}
+	// The lock keeps concurrent pushes' requests in order; waiting for it
+	// may take half the budget, the other half is for sending.
+	lctx, lcancel := context.WithTimeout(ctx, cfg.Budget/2)
+	unlock, lerr := sp.Lock(lctx)
+	lcancel()
+	for i, body := range bodies {
+		// Written whole even without the lock: a request is never lost,
+		// only, at worst, sent after one made a moment later.
+		if _, err := sp.Add(ids[i], body); err != nil {
+			say("cannot spool the build request (%v); sending it directly", err)
+			if res, serr := client.Send(ctx, body); serr != nil {
+				say("%v; this build request is lost, trigger the build through the API", serr)
+			} else {
+				reportResult(cfg.Stderr, settings.Project, res)
+			}
 		}
 	}
-	// Without a spool (unwritable git directory, lock held past the
-	// budget) the requests are sent directly, and lost if the hub is down:
-	// say so plainly.
-	say("cannot use the spool (%v); sending without it", err)
-	for _, body := range bodies {
-		res, serr := client.Send(ctx, body)
-		if serr != nil {
-			say("%v; this build request is lost, trigger it through the API", serr)
-			return
+	if lerr != nil {
+		if len(bodies) > 0 {
+			say("another push is sending the spooled requests; %d build request(s) kept in %s, sent with the next push or by `buildbridge hook flush`",
+				len(bodies), sp.Dir())
 		}
-		reportResult(cfg.Stderr, settings.Project, res)
+		return
 	}
+	defer unlock()
+	report(cfg.Stderr, settings.Project, Flush(ctx, sp, client), sp.Dir(), "with the next push or by `buildbridge hook flush`")
 }
 
 // FlushReport is what Flush did.

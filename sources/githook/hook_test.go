@@ -448,3 +448,29 @@ func TestInstallAndUninstall(t *testing.T) {
 		t.Fatal("spool lost on uninstall")
 	}
 }
+
+// TestRunWhileAnotherHookHoldsTheSpool checks a push whose hook finds the
+// spool locked (another push is sending) keeps its request and returns in
+// time; the next run sends it.
+func TestRunWhileAnotherHookHoldsTheSpool(t *testing.T) {
+	h := newHub(t)
+	r := newRepo(t, h.srv.URL, h.token)
+	sp, err := OpenSpool(SpoolDir(r.gitDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := sp.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := r.commit(t, "while locked")
+	out := r.run(t, zero+" "+c+" refs/heads/main\n", time.Second)
+	unlock()
+	if !strings.Contains(out, "another push") || len(r.spooled(t)) != 1 || len(h.builds(t)) != 0 {
+		t.Fatalf("locked spool: %q, spool %v", out, r.spooled(t))
+	}
+	out = r.run(t, "", time.Second)
+	if b := h.builds(t); len(b) != 1 || b[0].SHA != c || len(r.spooled(t)) != 0 {
+		t.Fatalf("next run: %q, builds %+v", out, b)
+	}
+}
