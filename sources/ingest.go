@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -185,6 +186,9 @@ func (in *Ingester) commit(ctx context.Context, req store.PushRequest) (store.Pu
 // lead commits the oldest pushes waiting, the leader's own first among
 // them, then makes the oldest push still waiting the next leader.
 func (in *Ingester) lead(ctx context.Context) {
+	// Let requests that are being read and checked right now join this
+	// commit: when nothing else is runnable this returns at once.
+	runtime.Gosched()
 	in.mu.Lock()
 	n := min(len(in.queue), in.cfg.MaxBatch)
 	batch := append([]*pending(nil), in.queue[:n]...)
