@@ -41,7 +41,7 @@ test-go:
 	  $(GO) test -race -count=1 -timeout 12m ./...
 
 test-rules: build
-	$(BIN) rules check rules.example.yaml
+	$(BIN) rules check --skip-secrets rules.example.yaml
 
 # Client tests: the official pusher-js and the dashboard in headless
 # Chromium, against a real `buildbridge serve`.

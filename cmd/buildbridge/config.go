@@ -160,9 +160,12 @@ func settings(c *Config) []setting {
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
 			key := prefix + f.Tag.Get("yaml")
-			if f.Type.Kind() == reflect.Struct {
+			switch f.Type.Kind() {
+			case reflect.Struct:
 				walk(key+".", v.Field(i))
 				continue
+			case reflect.Map, reflect.Slice:
+				continue // file only: no flag or variable can spell them well
 			}
 			out = append(out, setting{key: key, help: f.Tag.Get("help"), field: v.Field(i)})
 		}
