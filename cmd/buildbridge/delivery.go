@@ -54,6 +54,7 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 		return fmt.Errorf("rules (setting rules):\n%w", err)
 	}
 	d := &deliveries{h: h, rules: mgr}
+	h.emit = d.emit
 	d.engine, err = delivery.New(delivery.Config{
 		Store: h.store, Emit: d.emit, Logger: h.log, Registerer: h.reg,
 		NewSink: func(c *sinks.Config) (sinks.Sink, error) {

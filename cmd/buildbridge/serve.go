@@ -25,6 +25,7 @@ import (
 	"github.com/buildbridge/buildbridge/builds/queue"
 	"github.com/buildbridge/buildbridge/builds/runner"
 	"github.com/buildbridge/buildbridge/bus"
+	"github.com/buildbridge/buildbridge/event"
 	"github.com/buildbridge/buildbridge/realtime"
 	"github.com/buildbridge/buildbridge/store"
 )
@@ -77,6 +78,11 @@ type hub struct {
 	rt    *realtime.Server
 	mux   *http.ServeMux
 
+	// emit routes an event raised inside the hub (endpoint-disabled,
+	// usage-threshold, system-alert, …) through the rules to its sinks;
+	// set by the delivery feature. Ids must be stable: emitting an event
+	// twice delivers it once.
+	emit func(ctx context.Context, ev event.Envelope) error
 	// onLog, when a feature sets it, sees each stored chunk of build log.
 	onLog func(p builds.Project, b builds.Build, offset int64, chunk []byte)
 	// onShutdown runs, in order, once the HTTP server has stopped
