@@ -15,10 +15,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/buildbridge/buildbridge/api"
 	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/event"
 	"github.com/buildbridge/buildbridge/realtime"
+	"github.com/buildbridge/buildbridge/realtime/natsbroker"
 	"github.com/buildbridge/buildbridge/sinks/pusher"
 )
 
@@ -55,8 +58,24 @@ func mountRealtime(ctx context.Context, h *hub) error {
 			origins = append(origins, o)
 		}
 	}
+	// With an external NATS, nodes form one realtime cluster: events,
+	// presence changes and per-user subscription counts cross nodes.
+	var broker realtime.Broker
+	var brokerConn *nats.Conn
+	if h.cfg.NATSURL != "" {
+		brokerConn, err = nats.Connect(h.cfg.NATSURL, nats.Name("buildbridge-realtime"), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("realtime cluster (setting nats_url): %w", err)
+		}
+		broker, err = natsbroker.New(natsbroker.Config{Conn: brokerConn, SubjectPrefix: h.cfg.NATSNamespace + ".realtime.", Logger: h.log})
+		if err != nil {
+			brokerConn.Close()
+			return fmt.Errorf("realtime cluster: %w", err)
+		}
+	}
 	limits := &channelLimits{h: h}
 	srv, err := realtime.New(realtime.Config{
+		Broker: broker,
 		Apps: []realtime.App{{ID: rc.AppID, Key: rc.Key, Secret: secret, Cluster: rc.Cluster,
 			EnableClientEvents: rc.ClientEvents, EnableSubscriptionCount: true, AllowedOrigins: originHosts(origins)}},
 		Logger: h.log.With("component", "realtime"),
@@ -90,6 +109,9 @@ func mountRealtime(ctx context.Context, h *hub) error {
 		pusher.UseEmbedded(nil, "", nil)
 		if err := srv.Shutdown(ctx); err != nil {
 			h.log.Warn("realtime shutdown", "err", err)
+		}
+		if brokerConn != nil {
+			brokerConn.Close()
 		}
 	})
 	return nil
