@@ -91,7 +91,8 @@ func (a SinkAttempt) MarshalJSON() ([]byte, error) {
 	}{plain(a), float64(a.Duration.Microseconds()) / 1000, string(a.Body)})
 }
 
-// SinkAttemptRecord is the outcome of one attempt: the attempt to log and
+// SinkAttemptRecord is the outcome of one attempt: the attempt to log
+// (Attempt.Number is the delivery's attempt count with it, from 1) and
 // the delivery's new state. With an empty Attempt.Outcome only the state
 // changes (a delivery failed without an attempt: its endpoint is disabled)
 // and Attempt.Error becomes its last error.
@@ -161,8 +162,10 @@ const (
 		route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, payload, created_at, updated_at, finished_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (message_id) DO NOTHING RETURNING id`
-	updateSinkDelivery = `UPDATE deliveries SET status = ?, attempts = attempts + ?, tries = ?, next_at = ?,
-		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ? RETURNING attempts`
+	updateSinkDelivery = `UPDATE deliveries SET status = ?, attempts = ?, tries = ?, next_at = ?,
+		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`
+	updateSinkDeliveryState = `UPDATE deliveries SET status = ?, tries = ?, next_at = ?,
+		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`
 	insertSinkAttempt = `INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_us,
 		status_code, outcome, error, resp_headers, resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 )
@@ -324,21 +327,23 @@ func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAt
 		if r.Status != DeliveryPending {
 			fin, next = &now, nil
 		}
-		var number int
-		logged := a.Outcome != ""
-		inc := 0
-		if logged {
-			inc = 1
+		if a.Outcome == "" {
+			if _, err := p.Exec(updateSinkDeliveryState, r.Status, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID); err != nil {
+				return err
+			}
+			continue
 		}
-		err := p.QueryRow(updateSinkDelivery, r.Status, inc, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID).Scan(&number)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue // deleted meanwhile
+		if a.Number < 1 {
+			return fmt.Errorf("attempt of delivery %d without a number", a.DeliveryID)
 		}
+		res, err := p.Exec(updateSinkDelivery, r.Status, a.Number, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID)
 		if err != nil {
 			return err
 		}
-		if !logged {
-			continue
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			continue // deleted meanwhile
 		}
 		hdr := ""
 		if len(a.Header) > 0 {
@@ -348,7 +353,7 @@ func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAt
 			}
 			hdr = string(b)
 		}
-		if _, err := p.Exec(insertSinkAttempt, a.DeliveryID, number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
+		if _, err := p.Exec(insertSinkAttempt, a.DeliveryID, a.Number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
 			a.Outcome, a.Error, hdr, a.Body); err != nil {
 			return err
 		}

@@ -63,7 +63,7 @@ func TestDeliveriesAttemptsAndRedelivery(t *testing.T) {
 		id := got[0].ID
 		next := now.Add(5 * time.Second)
 		err = s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{
-			Attempt: SinkAttempt{DeliveryID: id, Time: now, Duration: 1500 * time.Microsecond, StatusCode: 503,
+			Attempt: SinkAttempt{DeliveryID: id, Number: 1, Time: now, Duration: 1500 * time.Microsecond, StatusCode: 503,
 				Outcome: OutcomeRetry, Error: "HTTP 503", Header: http.Header{"Retry-After": {"5"}}, Body: []byte("busy")},
 			Status: DeliveryPending, Tries: 1, NextAt: &next,
 		}})
@@ -81,7 +81,7 @@ func TestDeliveriesAttemptsAndRedelivery(t *testing.T) {
 			t.Fatalf("due: %+v", due)
 		}
 		err = s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{
-			Attempt: SinkAttempt{DeliveryID: id, Time: next, Duration: time.Millisecond, StatusCode: 400, Outcome: OutcomePermanent, Error: "HTTP 400"},
+			Attempt: SinkAttempt{DeliveryID: id, Number: 2, Time: next, Duration: time.Millisecond, StatusCode: 400, Outcome: OutcomePermanent, Error: "HTTP 400"},
 			Status:  DeliveryFailed, Tries: 2,
 		}})
 		if err != nil {
@@ -105,7 +105,7 @@ func TestDeliveriesAttemptsAndRedelivery(t *testing.T) {
 			t.Fatalf("redeliver missing: %v", err)
 		}
 		// An attempt record for a deleted delivery is skipped.
-		if err := s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{Attempt: SinkAttempt{DeliveryID: 424242, Outcome: OutcomeSuccess}, Status: DeliverySucceeded}}); err != nil {
+		if err := s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{Attempt: SinkAttempt{DeliveryID: 424242, Number: 1, Outcome: OutcomeSuccess}, Status: DeliverySucceeded}}); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -27,6 +27,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -83,6 +84,15 @@ type Config struct {
 	// before cancelling them (default 2s). A cancelled attempt is not
 	// logged and is made again after the restart, with the same id.
 	ShutdownGrace time.Duration
+	// RecordDelay is how long an attempt record may wait to share a
+	// transaction with others and with new deliveries (default 20ms).
+	// Records are not what callers wait for; fewer, larger transactions
+	// are what lets the store keep up.
+	RecordDelay time.Duration
+	// GroupCommitWait is how long, under load, new deliveries wait for
+	// others to share their transaction (default 1ms; negative: never).
+	// An idle engine commits at once.
+	GroupCommitWait time.Duration
 	// Now and AfterFunc are the clock (default time.Now and
 	// time.AfterFunc); tests replace them. AfterFunc returns its timer's
 	// Stop.
@@ -111,6 +121,12 @@ func (c *Config) setDefaults() {
 	if c.StaleAfter == 0 {
 		c.StaleAfter = 2 * time.Minute
 	}
+	if c.GroupCommitWait == 0 {
+		c.GroupCommitWait = time.Millisecond
+	}
+	if c.RecordDelay == 0 {
+		c.RecordDelay = 20 * time.Millisecond
+	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 2 * time.Second
 	}
@@ -137,8 +153,8 @@ func (c *Config) Validate() error {
 		return errors.New("delivery: Config.AttemptTimeout must not be negative")
 	case c.MaxResponseBody < 0:
 		return errors.New("delivery: Config.MaxResponseBody must not be negative")
-	case c.ResyncInterval < 0 || c.StaleAfter < 0 || c.ShutdownGrace < 0:
-		return errors.New("delivery: Config.ResyncInterval, StaleAfter and ShutdownGrace must not be negative")
+	case c.ResyncInterval < 0 || c.StaleAfter < 0 || c.ShutdownGrace < 0 || c.RecordDelay < 0:
+		return errors.New("delivery: Config.ResyncInterval, StaleAfter, ShutdownGrace and RecordDelay must not be negative")
 	}
 	if err := c.Policy.Validate(); err != nil {
 		return fmt.Errorf("delivery: Config.Policy: %w", err)
@@ -173,6 +189,7 @@ type Engine struct {
 	running    bool
 	closed     bool
 
+	preparing      atomic.Int64 // Enqueue calls preparing rows to send to the writer
 	wake           chan struct{}
 	recMu          sync.RWMutex // guards sends on recs against its close
 	recs           chan recOp   // to the writer: new deliveries, attempt records, barriers
@@ -400,6 +417,13 @@ func (e *Engine) Enqueue(ctx context.Context, ds []sinks.Delivery) error {
 	if len(ds) == 0 {
 		return nil
 	}
+	e.preparing.Add(1)
+	sent := false
+	defer func() {
+		if !sent {
+			e.preparing.Add(-1)
+		}
+	}()
 	now := e.cfg.Now()
 	rows := make([]store.SinkDelivery, 0, len(ds))
 	byKey := make(map[dkey]*sinks.Delivery, len(ds))
@@ -440,6 +464,7 @@ func (e *Engine) Enqueue(ctx context.Context, ds []sinks.Delivery) error {
 	if len(rows) == 0 {
 		return nil
 	}
+	sent = true
 	if err := e.create(ctx, rows, byKey); err != nil {
 		return fmt.Errorf("delivery: persist: %w", err)
 	}
@@ -780,7 +805,7 @@ func (e *Engine) finish(t *target, it *item, ent *sinkEntry, pol *Policy, res re
 	now := e.cfg.Now()
 	it.attempts++
 	it.tries++
-	a := store.SinkAttempt{DeliveryID: it.id, Time: res.at, Duration: res.took, StatusCode: res.resp.StatusCode,
+	a := store.SinkAttempt{DeliveryID: it.id, Number: it.attempts, Time: res.at, Duration: res.took, StatusCode: res.resp.StatusCode,
 		Header: res.resp.Header, Body: res.resp.Body}
 	rec := &store.SinkAttemptRecord{Tries: it.tries}
 	labels := []string{it.sink, t.name}
@@ -915,9 +940,12 @@ func (e *Engine) flush(ctx context.Context) {
 // (directly when the writer is not running). The writer queues what it
 // created even when the caller has given up waiting, so nothing stored
 // is left unattempted.
+// The caller counts itself in e.preparing; the writer (or create, when
+// the writer is not running) counts it out.
 func (e *Engine) create(ctx context.Context, rows []store.SinkDelivery, msgs map[dkey]*sinks.Delivery) error {
 	reply := make(chan error, 1)
 	if !e.send(recOp{create: rows, msgs: msgs, reply: reply}) {
+		e.preparing.Add(-1)
 		created, err := e.cfg.Store.CreateSinkDeliveries(ctx, rows)
 		if err == nil {
 			e.admit(ctx, created, msgs)
@@ -938,40 +966,99 @@ func (e *Engine) create(ctx context.Context, rows []store.SinkDelivery, msgs map
 // for the database's lock one by one.
 func (e *Engine) writer() {
 	defer e.background.Done()
+	const maxRecs = 512
 	var (
-		batch    = make([]store.SinkAttemptRecord, 0, 512)
+		recs     []store.SinkAttemptRecord
 		creates  []recOp
 		barriers []chan struct{}
+		oldest   time.Time // of the records waiting
+		closed   bool
+		last     time.Time // end of the last transaction
 	)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	add := func(op recOp) {
 		switch {
 		case op.reply != nil:
+			e.preparing.Add(-1)
 			creates = append(creates, op)
 		case op.done != nil:
 			barriers = append(barriers, op.done)
 		default:
-			batch = append(batch, op.rec)
+			if len(recs) == 0 {
+				oldest = time.Now()
+			}
+			recs = append(recs, op.rec)
 		}
 	}
-	for op := range e.recs {
-		batch, creates, barriers = batch[:0], creates[:0], barriers[:0]
-		add(op)
-	more:
-		for len(batch) < cap(batch) && len(creates) < 256 {
+	for !closed {
+		// Wait for work; records alone may wait RecordDelay to share a
+		// transaction with the next deliveries created.
+		if len(recs) == 0 {
+			op, ok := <-e.recs
+			if !ok {
+				return
+			}
+			add(op)
+		} else {
+			timer.Reset(max(e.cfg.RecordDelay-time.Since(oldest), 0))
 			select {
 			case op, ok := <-e.recs:
-				if !ok {
-					break more
+				if ok {
+					add(op)
+				} else {
+					closed = true
 				}
-				add(op)
-			default:
-				break more
+			case <-timer.C:
+			}
+			timer.Stop()
+		}
+		drain := func() {
+			for !closed && len(recs) < maxRecs && len(creates) < 256 {
+				select {
+				case op, ok := <-e.recs:
+					if !ok {
+						closed = true
+						return
+					}
+					add(op)
+				default:
+					return
+				}
 			}
 		}
-		e.writeBatch(creates, batch)
+		drain()
+		// Group commit: under load (a transaction just ended), new
+		// deliveries wait a moment for those being prepared by other
+		// callers, to share their commit.
+		if w := e.cfg.GroupCommitWait; w > 0 && len(creates) > 0 && len(creates) < 64 && !closed && time.Since(last) < 2*w &&
+			e.preparing.Load() > 0 {
+			timer.Reset(w)
+		gather:
+			for len(creates) < 64 && len(recs) < maxRecs && e.preparing.Load() > 0 {
+				select {
+				case op, ok := <-e.recs:
+					if !ok {
+						closed = true
+						break gather
+					}
+					add(op)
+				case <-timer.C:
+					break gather
+				}
+			}
+			timer.Stop()
+			drain()
+		}
+		if len(creates) == 0 && len(barriers) == 0 && len(recs) < maxRecs && !closed && time.Since(oldest) < e.cfg.RecordDelay {
+			continue
+		}
+		e.writeBatch(creates, recs)
+		last = time.Now()
 		for _, b := range barriers {
 			close(b)
 		}
+		recs, creates, barriers = recs[:0], creates[:0], barriers[:0]
 	}
 }
 

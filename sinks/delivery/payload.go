@@ -15,7 +15,10 @@ import (
 // rendered parts. The identity (event id, sink, type, target) is in the
 // row's columns.
 type payloadHeader struct {
-	Event       event.Envelope    `json:"event"`
+	// Event is left out when the body is the event's JSON (the default
+	// webhook and channel message): EventInBody is set then.
+	Event       *event.Envelope   `json:"event,omitempty"`
+	EventInBody bool              `json:"event_in_body,omitempty"`
 	Route       string            `json:"route,omitempty"`
 	Subject     string            `json:"subject,omitempty"`
 	ContentType string            `json:"content_type,omitempty"`
@@ -25,8 +28,11 @@ type payloadHeader struct {
 // encodePayload writes the header as one line of JSON (which never holds
 // a raw newline), then the body as it is: no base64 to store and decode.
 func encodePayload(d *sinks.Delivery) ([]byte, error) {
-	hdr, err := json.Marshal(payloadHeader{Event: d.Event, Route: d.Route, Subject: d.Subject,
-		ContentType: d.ContentType, Params: d.Params})
+	h := payloadHeader{Event: &d.Event, Route: d.Route, Subject: d.Subject, ContentType: d.ContentType, Params: d.Params}
+	if ev, err := json.Marshal(d.Event); err == nil && bytes.Equal(ev, d.Body) {
+		h.Event, h.EventInBody = nil, true
+	}
+	hdr, err := json.Marshal(h)
 	if err != nil {
 		return nil, fmt.Errorf("encode delivery of event %s to %s: %w", d.EventID, d.Sink, err)
 	}
@@ -44,7 +50,16 @@ func decodePayload(row *store.SinkDelivery, raw []byte) (*sinks.Delivery, error)
 	if err := json.Unmarshal(hdr, &p); err != nil {
 		return nil, fmt.Errorf("delivery %d: stored payload unreadable: %w", row.ID, err)
 	}
-	return &sinks.Delivery{EventID: row.EventID, Event: p.Event, Route: p.Route, Sink: row.Sink, SinkType: row.SinkType,
+	var ev event.Envelope
+	switch {
+	case p.EventInBody:
+		if err := json.Unmarshal(body, &ev); err != nil {
+			return nil, fmt.Errorf("delivery %d: stored event unreadable: %w", row.ID, err)
+		}
+	case p.Event != nil:
+		ev = *p.Event
+	}
+	return &sinks.Delivery{EventID: row.EventID, Event: ev, Route: p.Route, Sink: row.Sink, SinkType: row.SinkType,
 		Target: row.Target, Subject: p.Subject, Body: body, ContentType: p.ContentType, Params: p.Params}, nil
 }
 
