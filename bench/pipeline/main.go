@@ -25,6 +25,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -52,6 +53,7 @@ type options struct {
 	publishOne    bool
 	store         string
 	postgres      string
+	writers       int
 }
 
 func main() {
@@ -71,6 +73,7 @@ func main() {
 	flag.BoolVar(&o.publishOne, "publish-one", false, "relay publishes one message per Publish call (one round trip each), for comparison")
 	flag.StringVar(&o.store, "store", "sqlite", "outbox: sqlite (the real store: each transition a committed build in SQLite), postgres (the real store on -postgres), or memory (relay, bus and router alone)")
 	flag.StringVar(&o.postgres, "postgres", os.Getenv("BUILDBRIDGE_TEST_POSTGRES"), "PostgreSQL DSN for -store postgres (use an empty database or schema)")
+	flag.IntVar(&o.writers, "writers", 1, "goroutines committing transitions at once in the throughput phase (API requests and runners commit concurrently)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "pipeline:", err)
@@ -262,8 +265,7 @@ func (p *pipeline) commit(n int) {
 	rows := make([]outboxRow, n)
 	now := time.Now()
 	for i := range rows {
-		p.seq++
-		tr := transition(p.seq, now)
+		tr := transition(atomic.AddInt64(&p.seq, 1), now)
 		raw, _ := json.Marshal(tr)
 		rows[i] = outboxRow{topic: builds.TopicTransition, eventID: tr.EventID, payload: raw}
 	}
@@ -303,22 +305,33 @@ func (p *pipeline) relayOnly(o options) error {
 func (p *pipeline) throughput(o options) error {
 	p.recv.reset(o.n)
 	start := time.Now()
-	for sent := 0; sent < o.n; {
-		k := min(o.commitBatch, o.n-sent)
-		p.commit(k)
-		sent += k
-		// Keep the outbox from running far ahead of the pipeline: a
-		// sustained rate, not a bulk load.
-		for p.outbox.Len() > 4*o.batch {
-			time.Sleep(200 * time.Microsecond)
-		}
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range max(o.writers, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				sent := int(next.Add(int64(o.commitBatch))) - o.commitBatch
+				if sent >= o.n {
+					return
+				}
+				p.commit(min(o.commitBatch, o.n-sent))
+				// Keep the outbox from running far ahead of the pipeline:
+				// a sustained rate, not a bulk load.
+				for p.outbox.Len() > 4*o.batch {
+					time.Sleep(200 * time.Microsecond)
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	if err := p.recv.wait(o.timeout); err != nil {
 		return err
 	}
 	d := time.Since(start)
-	fmt.Printf("throughput: %d transitions committed, relayed, routed and consumed in %s: %.0f transitions/s (duplicates %d)\n",
-		o.n, d.Round(time.Millisecond), float64(o.n)/d.Seconds(), p.recv.duplicates())
+	fmt.Printf("throughput: %d transitions committed by %d writers, relayed, routed and consumed in %s: %.0f transitions/s (duplicates %d)\n",
+		o.n, max(o.writers, 1), d.Round(time.Millisecond), float64(o.n)/d.Seconds(), p.recv.duplicates())
 	return nil
 }
 
