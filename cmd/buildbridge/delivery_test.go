@@ -32,8 +32,9 @@ type hookReceiver struct {
 	wh     *standardwebhooks.Webhook
 	status atomic.Int32
 
-	mu   sync.Mutex
-	reqs []hookReq
+	mu     sync.Mutex
+	reqs   []hookReq
+	byPath map[string]int // status per path, over status
 }
 
 type hookReq struct {
@@ -57,6 +58,11 @@ func newHookReceiver(t *testing.T) *hookReceiver {
 			return
 		}
 		code := int(r.status.Load())
+		r.mu.Lock()
+		if c, ok := r.byPath[req.URL.Path]; ok {
+			code = c
+		}
+		r.mu.Unlock()
 		hr := hookReq{path: req.URL.Path, id: req.Header.Get("webhook-id"), code: code, header: req.Header.Clone(), body: body}
 		json.Unmarshal(body, &hr.ev)
 		r.mu.Lock()
@@ -66,6 +72,15 @@ func newHookReceiver(t *testing.T) *hookReceiver {
 	}))
 	t.Cleanup(r.srv.Close)
 	return r
+}
+
+func (r *hookReceiver) setPath(path string, code int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.byPath == nil {
+		r.byPath = map[string]int{}
+	}
+	r.byPath[path] = code
 }
 
 func (r *hookReceiver) all() []hookReq {
@@ -409,4 +424,76 @@ func TestDeliveryCrash(t *testing.T) {
 	}
 	p.stop(t)
 	t.Logf("%d builds, %d events, %d requests, %d accepted twice (same id) over 2 SIGKILLs", len(builds), len(committed), len(recv.all()), dups)
+}
+
+// TestEndpointDisabledIsRoutable: an endpoint that answers 410 is
+// disabled, and the endpoint-disabled event goes where the rules send it.
+func TestEndpointDisabledIsRoutable(t *testing.T) {
+	data, dir := t.TempDir(), t.TempDir()
+	token := strings.TrimSpace(runCLI(t, "user", "add", "ann", "--data", data))
+	rootToken := strings.TrimSpace(runCLI(t, "user", "add", "root", "--admin", "--data", data))
+	recv := newHookReceiver(t)
+	recv.setPath("/hook", 410)
+	rules := writeRules(t, filepath.Join(dir, "rules.yaml"), strings.Replace(hookRules(recv.srv.URL, "[0s, 1s]"), "routes:", `  ops:
+    type: webhook
+    url: `+recv.srv.URL+`/ops
+    secret: ${HOOK_SECRET}
+routes:
+  - name: disabled endpoints
+    match:
+      event: endpoint-disabled
+    to: [ops]`, 1))
+	t.Setenv("HOOK_SECRET", hookSecret)
+	t.Setenv(envWebhookAllow, "127.0.0.1")
+	addr := freeAddr(t)
+	p := startServer(t, data, addr, newEventLog(), "--rules", rules)
+	c := client{base: "http://" + addr, token: token}
+	root := client{base: c.base, token: rootToken}
+	repo := newTestRepo(t)
+	repo.commit(t, "main", "work", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: \"true\"\n"})
+	c.mustCall(t, 201, "POST", "/api/v1/projects", map[string]any{"name": "app", "repo": repo.bare})
+	b := triggerBuild(t, c)
+
+	var note hookReq
+	waitFor(t, 20*time.Second, func() bool {
+		for _, q := range recv.all() {
+			if q.path == "/ops" && q.code == 200 {
+				note = q
+				return true
+			}
+		}
+		return false
+	})
+	var disabled struct {
+		Sink, Target, Reason string
+	}
+	json.Unmarshal(note.ev.Data, &disabled)
+	if note.ev.Type != "endpoint-disabled" || disabled.Sink != "deploy" || disabled.Target != recv.srv.URL+"/hook" || !strings.Contains(disabled.Reason, "410") {
+		t.Fatalf("endpoint-disabled event: %s", note.body)
+	}
+	eps := root.mustCall(t, 200, "GET", "/api/v1/endpoints", nil)
+	if l, _ := eps["endpoints"].([]any); len(l) != 1 || l[0].(map[string]any)["disabled_at"] == nil {
+		t.Fatalf("endpoints: %v", eps)
+	}
+	// Every event of the build failed: one 410, the rest without an attempt.
+	waitDeliveries(t, c, "deploy", "failed", 3)
+	if n := len(recv.accepted("/hook")); n != 0 {
+		t.Fatalf("%d deliveries accepted by a gone endpoint", n)
+	}
+	// The system event's delivery is the admin's to see.
+	if l := deliveryIDs(c.mustCall(t, 200, "GET", "/api/v1/deliveries?sink=ops", nil)); len(l) != 0 {
+		t.Fatalf("a user sees system deliveries: %v", l)
+	}
+	if l := deliveryIDs(root.mustCall(t, 200, "GET", "/api/v1/deliveries?sink=ops&type=endpoint-disabled", nil)); len(l) != 1 {
+		t.Fatalf("admin's endpoint-disabled deliveries: %v", l)
+	}
+	// Back again: enable, recover, received in order.
+	recv.setPath("/hook", 200)
+	root.mustCall(t, 200, "POST", "/api/v1/sinks/deploy/endpoints/enable", map[string]any{"target": recv.srv.URL + "/hook"})
+	c.mustCall(t, 202, "POST", "/api/v1/sinks/deploy/recover", map[string]any{"since": "1h"})
+	evs := recv.waitBuild(t, "/hook", b, 20*time.Second)
+	if evs[0].ev.Build.State != "QUEUED" || evs[2].ev.Build.State != "FINISHED" {
+		t.Fatalf("recovered out of order")
+	}
+	p.stop(t)
 }
