@@ -234,6 +234,16 @@ func TestWebhookDeliveries(t *testing.T) {
 		t.Fatalf("redelivery has message id %s, first %s", again.id, evs[0].id)
 	}
 
+	// The environment instead of flags.
+	t.Setenv("BUILDBRIDGE_URL", c.base)
+	t.Setenv("BUILDBRIDGE_TOKEN", token)
+	if out := runCLI(t, "deliveries", "list", "--status", "succeeded", "--json"); strings.Count(out, `"message_id"`) != 6 {
+		t.Fatalf("deliveries list --json with the environment:\n%s", out)
+	}
+	if sec := strings.TrimSpace(runCLI(t, "webhook", "secret")); !strings.HasPrefix(sec, "whsec_") || len(sec) < 40 {
+		t.Fatalf("webhook secret: %q", sec)
+	}
+
 	// `webhook verify` on a received request, as the receiver logged it.
 	raw := requestText(recv.all()[0])
 	if out, code := verifyCLI(t, raw, hookSecret); code != 0 || !strings.Contains(out, "signature valid") {
