@@ -124,9 +124,12 @@ func (d *deliveries) consume(ctx context.Context, ev event.Envelope) error {
 	return d.engine.Enqueue(ctx, d.rules.Current().Match(ev))
 }
 
-// emit is the bus path of the events the engine raises itself: matched
-// against the rules in force and persisted like any other. Their ids are
-// stable, so emitting one again creates nothing twice.
+// emit is the path of the events raised inside the hub (the engine's
+// endpoint-disabled, and h.emit's): matched against the rules in force
+// and persisted like any other, with no bus in between. Their ids are
+// stable and the engine de-duplicates by (event id, sink, target), so
+// emitting one again creates nothing twice; an error means nothing is
+// known to be persisted, and the emitter tries again.
 func (d *deliveries) emit(ctx context.Context, ev event.Envelope) error {
 	return d.engine.Enqueue(ctx, d.rules.Current().Match(ev))
 }
