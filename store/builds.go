@@ -47,7 +47,7 @@ func scanBuild(row interface{ Scan(...any) error }, extra ...any) (builds.Build,
 // the transition's outbox row are written in one transaction.
 func (s *DB) CreateBuild(ctx context.Context, nb NewBuild) (builds.Build, error) {
 	var b builds.Build
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.groupTx(ctx, func(tx *sql.Tx) error {
 		var proj builds.ProjectRef
 		err := s.prepared(tx, ctx).QueryRow(`UPDATE projects SET last_number = last_number + 1 WHERE id = ? RETURNING id, name, owner_id, last_number`,
 			nb.ProjectID).Scan(&proj.ID, &proj.Name, &proj.OwnerID, &b.Number)
@@ -115,7 +115,7 @@ func (s *DB) recordTransition(ctx context.Context, tx *sql.Tx, from builds.State
 // move one build.
 func (s *DB) Transition(ctx context.Context, buildID int64, to builds.State, apply func(b *builds.Build) error) (builds.Build, error) {
 	var b builds.Build
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.groupTx(ctx, func(tx *sql.Tx) error {
 		var err error
 		b, err = s.transitionTx(ctx, tx, buildID, to, apply)
 		return err
@@ -181,7 +181,7 @@ func (s *DB) transitionTx(ctx context.Context, tx *sql.Tx, buildID int64, to bui
 // get the same build.
 func (s *DB) ClaimQueued(ctx context.Context) (builds.Build, error) {
 	var b builds.Build
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.groupTx(ctx, func(tx *sql.Tx) error {
 		query := `SELECT id FROM builds WHERE state = ? ORDER BY id LIMIT 1`
 		if s.postgres {
 			query += ` FOR UPDATE SKIP LOCKED`
@@ -211,7 +211,7 @@ func (s *DB) ClaimQueued(ctx context.Context) (builds.Build, error) {
 func (s *DB) RequestCancel(ctx context.Context, buildID int64, reason string) (builds.Build, error) {
 	var b builds.Build
 	wrote := false
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.groupTx(ctx, func(tx *sql.Tx) error {
 		var err error
 		b, err = scanBuild(s.prepared(tx, ctx).QueryRow(`SELECT `+buildCols+` FROM builds b WHERE b.id = ?`, buildID))
 		if errors.Is(err, sql.ErrNoRows) {

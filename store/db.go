@@ -87,6 +87,11 @@ type DB struct {
 	closing   context.Context
 	stopPrep  context.CancelFunc
 	preparing sync.WaitGroup
+
+	// group commit of transitions, see groupTx.
+	groupMu      sync.Mutex
+	groupQueue   []*pendingTx
+	groupLeading bool
 }
 
 // Open connects to the database, applies pending migrations and returns

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,8 +109,8 @@ func waitBuild(t *testing.T, s *store.DB, id int64, state builds.State, within t
 
 func TestRunsBuildsAndStreamsLog(t *testing.T) {
 	f := newFixture(t, "steps:\n  - name: hi\n    run: echo hello $BUILDBRIDGE_PROJECT $BUILDBRIDGE_BUILD_NUMBER\nartifacts: [\".buildbridge.yml\"]\n")
-	var chunks int
-	q, _, _ := f.start(t, Config{Concurrency: 2, OnLog: func(builds.Project, builds.Build, int64, []byte) { chunks++ }})
+	var chunks atomic.Int64
+	q, _, _ := f.start(t, Config{Concurrency: 2, OnLog: func(builds.Project, builds.Build, int64, []byte) { chunks.Add(1) }})
 	a, b := f.queueBuild(t), f.queueBuild(t)
 	q.Wake()
 	for _, id := range []int64{a.ID, b.ID} {
@@ -125,7 +126,7 @@ func TestRunsBuildsAndStreamsLog(t *testing.T) {
 	if arts, _ := f.store.Artifacts(context.Background(), b.ID); len(arts) != 1 || arts[0].Path != ".buildbridge.yml" {
 		t.Fatalf("artifacts: %+v", arts)
 	}
-	if chunks == 0 {
+	if chunks.Load() == 0 {
 		t.Fatal("OnLog never called")
 	}
 	evs, _ := f.store.BuildEvents(context.Background(), a.ID)
