@@ -123,11 +123,16 @@ func (x *evalCtx) exprEnv() *exprEnv {
 // exprErrorPos locates an expression error in the file when the
 // expression is on one line, and says where it is in the expression.
 func exprErrorPos(n *yaml.Node, err error) (int, int, string) {
+	return exprErrorPosWith(n, err, exprMessage)
+}
+
+// exprErrorPosWith is exprErrorPos with the message rewritten by message.
+func exprErrorPosWith(n *yaml.Node, err error, message func(string) string) (int, int, string) {
 	fe, ok := err.(*file.Error)
 	if !ok {
 		return n.Line, n.Column, "invalid expression: " + err.Error()
 	}
-	msg := "invalid expression: " + exprMessage(fe.Message)
+	msg := "invalid expression: " + message(fe.Message)
 	if !strings.Contains(n.Value, "\n") {
 		switch n.Style {
 		case 0:

@@ -66,7 +66,7 @@ var NotifyModes = []string{"always", "change", "never"}
 
 var (
 	sinkNameRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-	topKeys     = []string{"version", "sinks", "routes"}
+	topKeys     = []string{"version", "sinks", "routes", "alerts"}
 	routeKeys   = []string{"name", "match", "notify", "to"}
 	buildOnly   = map[string]bool{"project": true, "branch": true, "state": true, "result": true, "status": true, "author": true}
 	states      = []string{string(builds.Queued), string(builds.Started), string(builds.Finished)}
@@ -172,7 +172,7 @@ func (l *loader) file(root *yaml.Node) {
 		l.errf(root, "", "the rules file must be a mapping with sinks: and routes:, got %s", kindName(root))
 		return
 	}
-	var sinksN, routesN *yaml.Node
+	var sinksN, routesN, alertsN *yaml.Node
 	for _, p := range pairs(root) {
 		k, v := p[0], p[1]
 		switch k.Value {
@@ -184,6 +184,8 @@ func (l *loader) file(root *yaml.Node) {
 			sinksN = v
 		case "routes":
 			routesN = v
+		case "alerts":
+			alertsN = v
 		default:
 			if strings.HasPrefix(k.Value, "x-") {
 				continue // free-form, to hold anchors (&name) for reuse with *name or <<
@@ -197,6 +199,9 @@ func (l *loader) file(root *yaml.Node) {
 	l.userSink()
 	if routesN != nil {
 		l.routes(routesN)
+	}
+	if alertsN != nil {
+		l.alerts(alertsN)
 	}
 }
 

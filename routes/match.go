@@ -23,6 +23,7 @@ type Rules struct {
 	sinks    []*sinkInst
 	byName   map[string]*sinkInst
 	routes   []*route
+	alerts   []*Alert
 	user     *sinkInst
 	warnings []string
 	logger   *slog.Logger

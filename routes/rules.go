@@ -95,7 +95,11 @@ func (r *Rules) Summary() string {
 	if len(types) > 0 {
 		fmt.Fprintf(&b, " (%s)", strings.Join(types, ", "))
 	}
-	fmt.Fprintf(&b, ", %d %s; user channels on %s", len(r.routes), plural(len(r.routes), "route", "routes"), r.user.name)
+	fmt.Fprintf(&b, ", %d %s", len(r.routes), plural(len(r.routes), "route", "routes"))
+	if len(r.alerts) > 0 {
+		fmt.Fprintf(&b, ", %d %s", len(r.alerts), plural(len(r.alerts), "alert", "alerts"))
+	}
+	fmt.Fprintf(&b, "; user channels on %s", r.user.name)
 	if r.user.builtin {
 		b.WriteString(" (built-in)")
 	}

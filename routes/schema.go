@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/sinks"
@@ -72,6 +73,13 @@ func Schema() ([]byte, error) {
 		"notify": enum("always (default), change (only when the build turns from passing to failing or back), never", NotifyModes...),
 		"to":     oneOrMany(map[string]any{"$ref": "#/$defs/target"}),
 	}, "name", "to")
+	defs["alert"] = obj(map[string]any{
+		"name":     str("alert name, unique in the file"),
+		"if":       str("expr-lang condition over the system figures: " + strings.Join(FigureNames(), ", ")),
+		"for":      str("how long the condition must hold before the alert fires, e.g. 5m (default 0s)"),
+		"severity": enum("info, warning (default) or critical", Severities...),
+		"summary":  str("what the alert means, for the people it is sent to"),
+	}, "name", "if")
 	sort.Slice(sinkRefs, func(i, j int) bool {
 		return sinkRefs[i].(map[string]any)["$ref"].(string) < sinkRefs[j].(map[string]any)["$ref"].(string)
 	})
@@ -88,6 +96,7 @@ func Schema() ([]byte, error) {
 				"additionalProperties": map[string]any{"oneOf": sinkRefs},
 			},
 			"routes": map[string]any{"type": "array", "items": map[string]any{"$ref": "#/$defs/route"}},
+			"alerts": map[string]any{"type": "array", "items": map[string]any{"$ref": "#/$defs/alert"}},
 		},
 		"$defs": defs,
 	}

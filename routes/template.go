@@ -418,7 +418,7 @@ func sampleEvents(types []string) []event.Envelope {
 		if typ != event.TypeBuildStateChanged {
 			out = append(out, event.Envelope{ID: "evt_sample_" + typ, Type: typ,
 				Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Seq: 1,
-				Data: json.RawMessage(`{"message":"sample","count":1}`)})
+				Data: sampleData(typ)})
 			continue
 		}
 		for _, st := range builds.AllStatuses {
