@@ -17,16 +17,25 @@ var Email = Type{
 		{Name: "host", Kind: KindString, Required: true, Doc: "SMTP server host"},
 		{Name: "port", Kind: KindInt, Default: "587", Doc: "SMTP server port"},
 		{Name: "tls", Kind: KindEnum, Enum: []string{"starttls", "tls", "none"}, Default: "starttls",
-			Doc: "starttls (port 587), tls (implicit TLS, port 465) or none"},
+			Doc: "starttls (port 587), tls (implicit TLS, port 465) or none (loopback hosts only, unless allow_insecure)"},
+		{Name: "allow_insecure", Kind: KindBool, Doc: "allow tls: none to a host that is not loopback (mail and password in clear)"},
 		{Name: "username", Kind: KindString, Doc: "SMTP user name"},
 		{Name: "password", Kind: KindSecret, Doc: "SMTP password"},
 		{Name: "from", Kind: KindString, Required: true, Doc: "sender address, e.g. buildbridge <ci@example.com>"},
 		{Name: "to", Kind: KindTemplateList, Role: RoleParam, Override: true,
-			Doc: "recipient addresses (templates, e.g. {{.Build.AuthorEmail}})"},
+			Doc: "recipient addresses (templates, e.g. {{.Build.AuthorEmail}}); owner: the project's owner (see owner_emails)"},
+		{Name: "owner_emails", Kind: KindStringMap, Doc: "addresses of project owners, by buildbridge user name or id, for the recipient owner"},
 		{Name: "subject", Kind: KindTemplate, Role: RoleSubject, Override: true, Default: EmailSubject, Doc: "subject (a template)"},
 		{Name: "template", Kind: KindTemplate, Role: RoleBody, Override: true, Default: EmailText, Doc: "text body (a template)"},
 		{Name: "html", Kind: KindHTMLTemplate, Role: RoleParam, Override: true,
 			Doc: "HTML alternative (an html/template); none by default: text only"},
+		{Name: "digest", Kind: KindDuration, Default: "0s", Override: true, Param: true,
+			Doc: "collect the events of this window (e.g. 15m) and send them as one email; 0s: each at once"},
+		{Name: "quiet_hours", Kind: KindString, Override: true, Param: true,
+			Doc: "daily period like 22:00-07:00 during which mail that is not urgent waits for its end"},
+		{Name: "timezone", Kind: KindString, Default: "UTC", Override: true, Param: true, Doc: "time zone of quiet_hours, e.g. Europe/Paris"},
+		{Name: "urgent", Kind: KindStringList, Override: true, Param: true,
+			Doc: "build statuses sent at once even in quiet hours (default: broken)"},
 	},
 	Check:  checkEmail,
 	Target: emailTarget,
@@ -68,7 +77,28 @@ func checkEmail(c *Config) []*ConfigError {
 	if c.IsSet("password") && !c.IsSet("username") {
 		errs = append(errs, c.Errorf("username", "a password needs a username"))
 	}
+	if v := c.Value("host"); c.Text("tls") == "none" && !c.Bool("allow_insecure") && !v.Unresolved() && !IsLoopback(v.Text()) {
+		errs = append(errs, c.Errorf("tls", "tls: none sends mail (and any password) in clear: only to a loopback host, unless allow_insecure: true"))
+	}
 	return errs
+}
+
+// EmailOwner is the recipient that stands for the project's owner.
+const EmailOwner = "owner"
+
+// SplitOwner takes the recipient owner out of a rendered recipients
+// parameter: it returns the other recipients and whether owner was there.
+func SplitOwner(to string) (string, bool) {
+	var rest []string
+	owner := false
+	for _, item := range strings.Split(to, ",") {
+		if strings.TrimSpace(item) == EmailOwner {
+			owner = true
+			continue
+		}
+		rest = append(rest, item)
+	}
+	return strings.Join(rest, ","), owner
 }
 
 // EmailRecipients parses the rendered recipients parameter into addresses,
@@ -94,10 +124,22 @@ func EmailRecipients(to string) ([]string, error) {
 	return out, nil
 }
 
-func emailTarget(_ *Config, p map[string]string) (string, error) {
-	rcpt, err := EmailRecipients(p["to"])
+func emailTarget(c *Config, p map[string]string) (string, error) {
+	to, owner := SplitOwner(p["to"])
+	if owner {
+		if len(c.Map("owner_emails")) == 0 {
+			return "", fmt.Errorf("recipient owner needs owner_emails on the sink")
+		}
+		if strings.TrimSpace(to) == "" {
+			return EmailOwner, nil
+		}
+	}
+	rcpt, err := EmailRecipients(to)
 	if err != nil {
 		return "", err
+	}
+	if owner {
+		rcpt = append([]string{EmailOwner}, rcpt...)
 	}
 	return strings.Join(rcpt, ","), nil
 }
