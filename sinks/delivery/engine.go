@@ -345,6 +345,13 @@ func (e *Engine) Start(ctx context.Context) error {
 		e.log.Info("pending deliveries loaded", "count", n)
 	}
 
+	// The writer first: the first attempts' records go to it.
+	e.recMu.Lock()
+	e.recOpen = true
+	e.recMu.Unlock()
+	e.background.Add(3)
+	go e.writer()
+	go e.schedule()
 	e.mu.Lock()
 	e.running = true
 	now := e.cfg.Now()
@@ -352,12 +359,6 @@ func (e *Engine) Start(ctx context.Context) error {
 		e.kick(t, now)
 	}
 	e.mu.Unlock()
-	e.recMu.Lock()
-	e.recOpen = true
-	e.recMu.Unlock()
-	e.background.Add(3)
-	go e.schedule()
-	go e.writer()
 	go e.resync()
 	return nil
 }
