@@ -43,7 +43,15 @@ type Config struct {
 	LogLevel  string `yaml:"log_level" help:"debug, info, warn or error"`
 	LogFormat string `yaml:"log_format" help:"json or text"`
 
-	Realtime RealtimeConfig `yaml:"realtime"`
+	Realtime   RealtimeConfig   `yaml:"realtime"`
+	Deliveries DeliveriesConfig `yaml:"deliveries"`
+}
+
+// DeliveriesConfig configures the delivery engine.
+type DeliveriesConfig struct {
+	// WebhookAllow lets webhooks reach networks the SSRF guard refuses by
+	// default (loopback, private, link-local, …).
+	WebhookAllow string `yaml:"webhook_allow" help:"comma-separated addresses or networks (CIDR) webhooks may reach although loopback or private"`
 }
 
 // RealtimeConfig configures the embedded Pusher-protocol server.

@@ -22,13 +22,6 @@ import (
 
 func init() { mounts = append(mounts, mountDeliveries) }
 
-// envWebhookAllow is the webhook SSRF allow-list: networks and addresses,
-// separated by commas, that webhooks may reach although they are
-// loopback, private, link-local, … It is read from the environment under
-// the name the setting deliveries.webhook_allow would have, until the
-// configuration declares it.
-const envWebhookAllow = "BUILDBRIDGE_DELIVERIES_WEBHOOK_ALLOW"
-
 // deliveries wires the rules to the delivery engine: a bridge consumer
 // matches each build-state-changed event and persists its deliveries
 // before the event is acknowledged; the engine's own events
@@ -45,9 +38,9 @@ type deliveries struct {
 // the hub, consumes build-state-changed, serves the delivery API and
 // reloads the rules on SIGHUP and POST /api/v1/admin/rules/reload.
 func mountDeliveries(ctx context.Context, h *hub) error {
-	allow, err := webhook.ParseAllowList(getenv(envWebhookAllow))
+	allow, err := webhook.ParseAllowList(h.cfg.Deliveries.WebhookAllow)
 	if err != nil {
-		return fmt.Errorf("environment %s: %w", envWebhookAllow, err)
+		return fmt.Errorf("setting deliveries.webhook_allow: %w", err)
 	}
 	mgr, err := routes.NewManager(routes.ManagerConfig{Path: h.cfg.Rules, Logger: h.log, Registerer: h.reg})
 	if err != nil {

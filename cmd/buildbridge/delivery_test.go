@@ -187,7 +187,7 @@ func TestWebhookDeliveries(t *testing.T) {
 	recv := newHookReceiver(t)
 	rules := writeRules(t, filepath.Join(dir, "rules.yaml"), hookRules(recv.srv.URL, "[0s]"))
 	t.Setenv("HOOK_SECRET", hookSecret)
-	t.Setenv(envWebhookAllow, "127.0.0.1")
+	t.Setenv("BUILDBRIDGE_DELIVERIES_WEBHOOK_ALLOW", "127.0.0.1")
 	addr := freeAddr(t)
 	p := startServer(t, data, addr, newEventLog(), "--rules", rules)
 	c := client{base: "http://" + addr, token: token}
@@ -352,7 +352,7 @@ func TestDeliveryCrash(t *testing.T) {
 	recv.status.Store(503)
 	rules := writeRules(t, filepath.Join(dir, "rules.yaml"), hookRules(recv.srv.URL, "[0s, 300ms, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s]"))
 	t.Setenv("HOOK_SECRET", hookSecret)
-	t.Setenv(envWebhookAllow, "127.0.0.1")
+	t.Setenv("BUILDBRIDGE_DELIVERIES_WEBHOOK_ALLOW", "127.0.0.1")
 	addr := freeAddr(t)
 	c := client{base: "http://" + addr, token: token}
 	repo := newTestRepo(t)
@@ -454,7 +454,7 @@ routes:
       event: endpoint-disabled
     to: [ops]`, 1))
 	t.Setenv("HOOK_SECRET", hookSecret)
-	t.Setenv(envWebhookAllow, "127.0.0.1")
+	t.Setenv("BUILDBRIDGE_DELIVERIES_WEBHOOK_ALLOW", "127.0.0.1")
 	addr := freeAddr(t)
 	p := startServer(t, data, addr, newEventLog(), "--rules", rules)
 	c := client{base: "http://" + addr, token: token}
