@@ -182,7 +182,9 @@ func (s *DB) transitionTx(ctx context.Context, tx *sql.Tx, buildID int64, to bui
 func (s *DB) ClaimQueued(ctx context.Context) (builds.Build, error) {
 	var b builds.Build
 	err := s.groupTx(ctx, func(tx *sql.Tx) error {
-		query := `SELECT id FROM builds WHERE state = ? ORDER BY id LIMIT 1`
+		// Builds of projects that need runner labels wait for a remote
+		// runner (ClaimForRunner); the embedded runner has no labels.
+		query := `SELECT id FROM builds WHERE state = ? AND project_id NOT IN (SELECT project_id FROM project_labels) ORDER BY id LIMIT 1`
 		if s.postgres {
 			query += ` FOR UPDATE SKIP LOCKED`
 		}

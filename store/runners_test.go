@@ -1,0 +1,160 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/buildbridge/buildbridge/builds"
+)
+
+func TestRunnerTokens(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		plain, r, err := s.CreateRunner(ctx, "r1", []string{"Linux", "go", "linux"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := joinLabels(r.Labels); got != "go,linux" {
+			t.Fatalf("labels = %q, want go,linux", got)
+		}
+		if _, _, err := s.CreateRunner(ctx, "r1", nil); !errors.Is(err, ErrConflict) {
+			t.Fatalf("duplicate name: err = %v, want ErrConflict", err)
+		}
+		if _, _, err := s.CreateRunner(ctx, "bad", []string{"a,b"}); err == nil {
+			t.Fatal("label with a comma accepted")
+		}
+		var n int
+		if err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM runners WHERE hash = ?`), plain).Scan(&n); err != nil || n != 0 {
+			t.Fatalf("plain token stored: n=%d err=%v", n, err)
+		}
+		got, err := s.RunnerByToken(ctx, plain)
+		if err != nil || got.ID != r.ID || got.LastSeenAt == nil {
+			t.Fatalf("RunnerByToken = %+v, %v", got, err)
+		}
+		if _, err := s.RunnerByToken(ctx, plain+"x"); !errors.Is(err, ErrBadRunnerToken) {
+			t.Fatalf("wrong token: err = %v", err)
+		}
+		if _, err := s.RevokeRunner(ctx, "r1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RunnerByToken(ctx, plain); !errors.Is(err, ErrRunnerRevoked) {
+			t.Fatalf("revoked token: err = %v, want ErrRunnerRevoked", err)
+		}
+		if _, err := s.RevokeRunner(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("revoke unknown: err = %v", err)
+		}
+		list, err := s.Runners(ctx)
+		if err != nil || len(list) != 1 || list[0].RevokedAt == nil {
+			t.Fatalf("Runners = %+v, %v", list, err)
+		}
+	})
+}
+
+func TestRunnerLeases(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		_, plain := mkProject(t, s, "plain")
+		_, gpu := mkProject(t, s, "gpu")
+		if err := s.SetProjectLabels(ctx, gpu.ID, []string{"gpu"}); err != nil {
+			t.Fatal(err)
+		}
+		_, r, err := s.CreateRunner(ctx, "r", []string{"linux"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gb, err := s.CreateBuild(ctx, NewBuild{ProjectID: gpu.ID, Ref: "refs/heads/main", Branch: "main", SHA: "abc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pb, err := s.CreateBuild(ctx, NewBuild{ProjectID: plain.ID, Ref: "refs/heads/main", Branch: "main", SHA: "abc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := s.WaitingForLabels(ctx)
+		if err != nil || w["gpu"] != 1 {
+			t.Fatalf("WaitingForLabels = %v, %v", w, err)
+		}
+		// The runner lacks "gpu": it gets the later, label-free build.
+		b, lease, err := s.ClaimForRunner(ctx, r.ID, []string{"linux"}, 80*time.Millisecond)
+		if err != nil || b.ID != pb.ID || b.State != builds.Started {
+			t.Fatalf("claim = %+v, %v; want build %d", b, err, pb.ID)
+		}
+		if _, _, err := s.ClaimForRunner(ctx, r.ID, []string{"linux"}, time.Second); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("second claim: err = %v, want ErrNotFound", err)
+		}
+		// The embedded queue never takes a build that needs labels.
+		if _, err := s.ClaimQueued(ctx); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ClaimQueued took a labelled build: err = %v", err)
+		}
+		if cancel, err := s.RenewLease(ctx, b.ID, lease.Token, 80*time.Millisecond); err != nil || cancel {
+			t.Fatalf("renew = %v, %v", cancel, err)
+		}
+		if _, err := s.RenewLease(ctx, b.ID, "forged", time.Second); !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("forged renew: err = %v", err)
+		}
+		if _, err := s.RequestCancel(ctx, b.ID, "stop"); err != nil {
+			t.Fatal(err)
+		}
+		if cancel, err := s.RenewLease(ctx, b.ID, lease.Token, 80*time.Millisecond); err != nil || !cancel {
+			t.Fatalf("renew after cancel = %v, %v", cancel, err)
+		}
+		time.Sleep(120 * time.Millisecond)
+		// Late: the lease expired, the runner cannot renew or finish.
+		if _, err := s.RenewLease(ctx, b.ID, lease.Token, time.Second); !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("late renew: err = %v", err)
+		}
+		exp, err := s.ExpiredLeases(ctx, 10)
+		if err != nil || len(exp) != 1 || exp[0].BuildID != b.ID {
+			t.Fatalf("ExpiredLeases = %+v, %v", exp, err)
+		}
+		rb, err := s.ReclaimLease(ctx, exp[0], true, "runner r stopped heartbeating")
+		if err != nil || rb.State != builds.Queued {
+			t.Fatalf("reclaim = %+v, %v", rb, err)
+		}
+		if _, err := s.ReclaimLease(ctx, exp[0], true, "again"); !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("second reclaim: err = %v", err)
+		}
+		if _, err := s.FinishLeased(ctx, b.ID, lease.Token, builds.Passed, "", nil); !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("late finish: err = %v, want ErrLeaseLost", err)
+		}
+		// Claimed again, by a runner with both labels this time the gpu
+		// build comes first.
+		b2, lease2, err := s.ClaimForRunner(ctx, r.ID, []string{"gpu", "linux"}, time.Second)
+		if err != nil || b2.ID != gb.ID {
+			t.Fatalf("claim gpu = %+v, %v", b2, err)
+		}
+		fb, err := s.FinishLeased(ctx, b2.ID, lease2.Token, builds.Passed, "", []Artifact{{Path: "out.txt", Size: 3, SHA256: "x"}})
+		if err != nil || fb.State != builds.Finished || fb.Result != builds.Passed {
+			t.Fatalf("finish = %+v, %v", fb, err)
+		}
+		if a, err := s.Artifacts(ctx, b2.ID); err != nil || len(a) != 1 {
+			t.Fatalf("artifacts = %+v, %v", a, err)
+		}
+		// Errored per setting.
+		b3, lease3, err := s.ClaimForRunner(ctx, r.ID, nil, 10*time.Millisecond)
+		if err != nil || b3.ID != pb.ID {
+			t.Fatalf("reclaim of requeued build = %+v, %v", b3, err)
+		}
+		time.Sleep(30 * time.Millisecond)
+		eb, err := s.ReclaimLease(ctx, lease3, false, "runner lost")
+		if err != nil || eb.Result != builds.Errored || eb.Reason != "runner lost" {
+			t.Fatalf("errored reclaim = %+v, %v", eb, err)
+		}
+		// Revoking a runner ends its leases.
+		b4, err := s.CreateBuild(ctx, NewBuild{ProjectID: plain.ID, Ref: "refs/heads/main", Branch: "main", SHA: "abc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.ClaimForRunner(ctx, r.ID, nil, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RevokeRunner(ctx, "r"); err != nil {
+			t.Fatal(err)
+		}
+		if exp, err := s.ExpiredLeases(ctx, 10); err != nil || len(exp) != 1 || exp[0].BuildID != b4.ID {
+			t.Fatalf("leases after revoke = %+v, %v", exp, err)
+		}
+	})
+}
