@@ -424,6 +424,15 @@ func (s *DB) ReclaimLease(ctx context.Context, l Lease, requeue bool, reason str
 		if n, _ := res.RowsAffected(); n != 1 {
 			return fmt.Errorf("build %d: %w", l.BuildID, ErrLeaseLost)
 		}
+		// A build finished some other way keeps its end; only the lease goes.
+		cur, err := scanBuild(s.prepared(tx, ctx).QueryRow(`SELECT `+buildCols+` FROM builds b WHERE b.id = ?`, l.BuildID))
+		if err != nil {
+			return fmt.Errorf("build %d: %w", l.BuildID, err)
+		}
+		if cur.State != builds.Started {
+			b = cur
+			return nil
+		}
 		if requeue {
 			b, err = s.transitionTx(ctx, tx, l.BuildID, builds.Queued, func(qb *builds.Build) error {
 				qb.Reason = reason
