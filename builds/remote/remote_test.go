@@ -226,7 +226,7 @@ func TestRevokedRunnerRefused(t *testing.T) {
 	}
 	select {
 	case <-f.done:
-		if err := f.runErr;  !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), CodeRevoked) {
+		if err := f.runErr; !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), CodeRevoked) {
 			t.Fatalf("Run = %v, want a runner_revoked refusal", err)
 		}
 	case <-time.After(5 * time.Second):
