@@ -146,7 +146,8 @@ func (q *Queue) Cancel(buildID int64) {
 	}
 }
 
-// Recover deals with builds a crash left STARTED: they finish as errored
+// Recover deals with builds a crash left STARTED, except those a remote
+// runner holds a lease on: they finish as errored
 // with a reason, or are re-queued when Requeue is set. Call it once before
 // Run, on a node that is the only one running builds.
 func (q *Queue) Recover(ctx context.Context) (int, error) {
@@ -154,13 +155,23 @@ func (q *Queue) Recover(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("recover builds: %w", err)
 	}
+	// Builds a remote runner holds are the lease reaper's to judge.
+	leased, err := q.cfg.Store.LeasedBuilds(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("recover builds: %w", err)
+	}
+	n := 0
 	for _, b := range list {
+		if leased[b.ID] {
+			continue
+		}
+		n++
 		if err := q.interrupt(ctx, b.ID, "the server stopped while the build was running"); err != nil {
 			return 0, err
 		}
 		q.cfg.Logger.Warn("recovered interrupted build", "build_id", b.ID, "requeued", q.cfg.Requeue)
 	}
-	return len(list), nil
+	return n, nil
 }
 
 func (q *Queue) interrupt(ctx context.Context, id int64, why string) error {
