@@ -492,3 +492,23 @@ func (s *DB) WaitingForLabels(ctx context.Context) (map[string]int, error) {
 	}
 	return out, rows.Err()
 }
+
+// LeaseOf returns the lease a remote runner holds on a build, and the
+// runner's name, or ErrNotFound.
+func (s *DB) LeaseOf(ctx context.Context, buildID int64) (Lease, string, error) {
+	var (
+		l    Lease
+		name string
+		exp  int64
+	)
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT l.build_id, l.runner_id, l.expires_at, r.name FROM build_leases l JOIN runners r ON r.id = l.runner_id WHERE l.build_id = ?`),
+		buildID).Scan(&l.BuildID, &l.RunnerID, &exp, &name)
+	if errors.Is(err, sql.ErrNoRows) {
+		return l, "", fmt.Errorf("lease of build %d: %w", buildID, ErrNotFound)
+	}
+	if err != nil {
+		return l, "", fmt.Errorf("lease of build %d: %w", buildID, err)
+	}
+	l.ExpiresAt = fromMS(exp)
+	return l, name, nil
+}

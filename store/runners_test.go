@@ -88,6 +88,12 @@ func TestRunnerLeases(t *testing.T) {
 		if _, err := s.ClaimQueued(ctx); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("ClaimQueued took a labelled build: err = %v", err)
 		}
+		if l, name, err := s.LeaseOf(ctx, b.ID); err != nil || name != "r" || l.Token != "" || l.RunnerID != r.ID {
+			t.Fatalf("LeaseOf = %+v %q, %v", l, name, err)
+		}
+		if _, _, err := s.LeaseOf(ctx, gb.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("LeaseOf unleased build: err = %v", err)
+		}
 		if cancel, err := s.RenewLease(ctx, b.ID, lease.Token, 80*time.Millisecond); err != nil || cancel {
 			t.Fatalf("renew = %v, %v", cancel, err)
 		}

@@ -105,6 +105,23 @@ func TestRemoteRunners(t *testing.T) {
 	if b := getBuild(t, c, id); b["state"] != "QUEUED" {
 		t.Fatalf("build needing gpu ran without a gpu runner: %v\n%s", b, plain.log())
 	}
+	// Its waiting is visible in the API and the metrics.
+	w := c.mustCall(t, 200, "GET", fmt.Sprintf("/api/v1/builds/%d/runner", id), nil)
+	if fmt.Sprint(w["waiting_for_labels"]) != "[gpu]" {
+		t.Fatalf("build runner view: %v", w)
+	}
+	if rs := c.mustCall(t, 200, "GET", "/api/v1/runners", nil); fmt.Sprint(rs["waiting_for_labels"]) != "map[gpu:1]" {
+		t.Fatalf("runners view: %v", rs)
+	}
+	mr, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mr.Body)
+	mr.Body.Close()
+	if !strings.Contains(string(metrics), `buildbridge_builds_waiting_for_labels{labels="gpu"} 1`) {
+		t.Fatalf("metrics lack the waiting build:\n%s", metrics)
+	}
 	gpu := startRunner(t, base, gpuTok)
 	b := waitBuild(t, c, id, "FINISHED", 30*time.Second)
 	if b["result"] != "passed" {
@@ -132,6 +149,9 @@ func TestRemoteRunners(t *testing.T) {
 	// Cancel reaches the runner within a second.
 	id = trigger(t, c, "slow")
 	waitBuild(t, c, id, "STARTED", 30*time.Second)
+	if w := c.mustCall(t, 200, "GET", fmt.Sprintf("/api/v1/builds/%d/runner", id), nil); !strings.Contains(fmt.Sprint(w["runner"]), "gpu-1") {
+		t.Fatalf("build runner view of a started build: %v", w)
+	}
 	time.Sleep(1500 * time.Millisecond) // the step is running
 	at := time.Now()
 	c.mustCall(t, 202, "POST", fmt.Sprintf("/api/v1/builds/%d/cancel", id), nil)
