@@ -92,7 +92,17 @@ type API struct {
 	latency  *prometheus.HistogramVec
 	channels *ChannelConfig
 	sessions Sessions
+	// afterAuth run, in order, right after authentication.
+	afterAuth []gin.HandlerFunc
 }
+
+// UseAfterAuth adds h to the handlers run after a request to /api/v1 is
+// authenticated and before its route's handlers, whatever the route and
+// whenever it was added; CurrentUser and CurrentTokenID are then set. h
+// may abort the request. A handler that calls c.Next (to see the answer)
+// runs the route's handlers there, so it must be the last one added.
+// Call it before serving.
+func (a *API) UseAfterAuth(h gin.HandlerFunc) { a.afterAuth = append(a.afterAuth, h) }
 
 // Sessions authenticates requests that carry a browser session (the
 // dashboard's cookie) instead of an Authorization header. The web package
@@ -185,15 +195,23 @@ func (a *API) observe(c *gin.Context) {
 
 type ctxKey struct{}
 
-// authenticate checks the Bearer token and stores the user in the context.
+// authenticate checks the Bearer token, stores the user and the token's
+// id in the context and runs the after-authentication handlers.
 func (a *API) authenticate(c *gin.Context) {
-	u, err := a.UserFromRequest(c.Request)
+	u, tokenID, err := a.authRequest(c.Request)
 	if err != nil {
 		c.Header("WWW-Authenticate", `Bearer realm="buildbridge"`)
 		a.fail(c, err)
 		return
 	}
 	c.Set("user", u)
+	c.Set("token_id", tokenID)
+	for _, h := range a.afterAuth {
+		h(c)
+		if c.IsAborted() {
+			return
+		}
+	}
 	c.Next()
 }
 
@@ -202,27 +220,34 @@ func (a *API) authenticate(c *gin.Context) {
 // UseSessions); otherwise an *Error with status 401 (403 for a session
 // request that fails its CSRF check).
 func (a *API) UserFromRequest(r *http.Request) (store.User, error) {
+	u, _, err := a.authRequest(r)
+	return u, err
+}
+
+// authRequest is UserFromRequest that also returns the token's id (0 for
+// a session).
+func (a *API) authRequest(r *http.Request) (store.User, int64, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" && a.sessions != nil {
 		if u, ok, err := a.sessions.SessionUser(r); ok || err != nil {
-			return u, err
+			return u, 0, err
 		}
 	}
 	scheme, token, ok := strings.Cut(h, " ")
 	if h == "" {
-		return store.User{}, errorf(http.StatusUnauthorized, "unauthorized", "missing Authorization header; send \"Authorization: Bearer <token>\"")
+		return store.User{}, 0, errorf(http.StatusUnauthorized, "unauthorized", "missing Authorization header; send \"Authorization: Bearer <token>\"")
 	}
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
-		return store.User{}, errorf(http.StatusUnauthorized, "unauthorized", "Authorization header must be \"Bearer <token>\"")
+		return store.User{}, 0, errorf(http.StatusUnauthorized, "unauthorized", "Authorization header must be \"Bearer <token>\"")
 	}
-	u, _, err := a.cfg.Store.Authenticate(r.Context(), strings.TrimSpace(token))
+	u, t, err := a.cfg.Store.Authenticate(r.Context(), strings.TrimSpace(token))
 	if errors.Is(err, store.ErrBadToken) {
-		return store.User{}, errorf(http.StatusUnauthorized, "unauthorized", "invalid or revoked API token")
+		return store.User{}, 0, errorf(http.StatusUnauthorized, "unauthorized", "invalid or revoked API token")
 	}
 	if err != nil {
-		return store.User{}, err
+		return store.User{}, 0, err
 	}
-	return u, nil
+	return u, t.ID, nil
 }
 
 // CurrentUser returns the authenticated user of a request in the group.
@@ -230,6 +255,14 @@ func CurrentUser(c *gin.Context) store.User {
 	u, _ := c.Get("user")
 	user, _ := u.(store.User)
 	return user
+}
+
+// CurrentTokenID returns the id of the API token that authenticated a
+// request in the group, 0 for a dashboard session.
+func CurrentTokenID(c *gin.Context) int64 {
+	v, _ := c.Get("token_id")
+	id, _ := v.(int64)
+	return id
 }
 
 func (a *API) whoami(c *gin.Context) { c.JSON(http.StatusOK, CurrentUser(c)) }

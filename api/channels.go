@@ -46,6 +46,10 @@ type ChannelConfig struct {
 	AllowedOrigins []string
 }
 
+// SystemChannel carries the operator's figures of the whole hub; only
+// admins may subscribe to it.
+const SystemChannel = "private-system"
+
 // AuthEndpoint is where clients get channel subscriptions signed.
 const AuthEndpoint = "/user/channel/auth"
 
@@ -140,6 +144,11 @@ func (a *API) channelAuth(c *gin.Context) {
 	var channelData string
 	switch ch := in.ChannelName; {
 	case ch == event.UserChannel(u.ID):
+	case ch == SystemChannel:
+		if !u.Admin {
+			a.fail(c, errorf(http.StatusForbidden, "forbidden", "only admins may subscribe to %s", SystemChannel))
+			return
+		}
 	case ch == "private-encrypted-user-"+uid:
 		if cc.EncryptionMasterKey == nil {
 			a.fail(c, errorf(http.StatusForbidden, "encryption_disabled", "encrypted channels are not enabled on this server"))

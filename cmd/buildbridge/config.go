@@ -7,12 +7,16 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
+
+	"github.com/buildbridge/buildbridge/store"
+	"github.com/buildbridge/buildbridge/usage"
 )
 
 // Config is every setting of `buildbridge serve`. Each has a default; a
@@ -45,6 +49,20 @@ type Config struct {
 
 	Realtime   RealtimeConfig   `yaml:"realtime"`
 	Deliveries DeliveriesConfig `yaml:"deliveries"`
+	Usage      UsageConfig      `yaml:"usage"`
+}
+
+// UsageConfig configures API metering, rate limits and the periodic
+// usage and system events.
+type UsageConfig struct {
+	RateLimit  int           `yaml:"rate_limit" help:"API requests per token per rate_window (over it: 429)"`
+	RateWindow time.Duration `yaml:"rate_window" help:"rate-limit window; it starts at a token's first request"`
+	// FlushInterval bounds what a crash loses of the metered counts.
+	FlushInterval    time.Duration `yaml:"flush_interval" help:"how often metered API usage is written to the store"`
+	APIUsageInterval time.Duration `yaml:"api_usage_interval" help:"how often active users get an api-usage event on their channel"`
+	SystemInterval   time.Duration `yaml:"system_interval" help:"how often the system figures are sampled, sent to private-system and checked against the alerts"`
+	// Limits overrides RateLimit per user name (file only).
+	Limits map[string]int `yaml:"limits" help:"rate_limit per user name"`
 }
 
 // DeliveriesConfig configures the delivery engine.
@@ -85,6 +103,8 @@ func defaultConfig() Config {
 		LogLevel:         "info",
 		LogFormat:        "text",
 		Realtime:         RealtimeConfig{AppID: "buildbridge", Key: "buildbridge", Cluster: "local", MaxChannels: 10},
+		Usage: UsageConfig{RateLimit: 600, RateWindow: time.Minute, FlushInterval: 5 * time.Second,
+			APIUsageInterval: 5 * time.Second, SystemInterval: 5 * time.Second},
 	}
 }
 
@@ -145,7 +165,38 @@ func (c *Config) Validate() error {
 	if c.Realtime.MaxChannels < 1 {
 		bad("realtime.max_channels", "must be at least 1, got %d", c.Realtime.MaxChannels)
 	}
+	c.Usage.validate(bad)
 	return errors.Join(errs...)
+}
+
+func (u *UsageConfig) validate(bad func(key, format string, args ...any)) {
+	if u.RateLimit < 1 || u.RateLimit > usage.MaxLimit {
+		bad("usage.rate_limit", "must be between 1 and %d, got %d", usage.MaxLimit, u.RateLimit)
+	}
+	if u.RateWindow < time.Second || u.RateWindow > usage.MaxWindow {
+		bad("usage.rate_window", "must be between 1s and %s, got %s", usage.MaxWindow, u.RateWindow)
+	}
+	for _, s := range []struct {
+		key string
+		d   time.Duration
+	}{{"usage.flush_interval", u.FlushInterval}, {"usage.api_usage_interval", u.APIUsageInterval}, {"usage.system_interval", u.SystemInterval}} {
+		if s.d < 100*time.Millisecond || s.d > time.Hour {
+			bad(s.key, "must be between 100ms and 1h, got %s", s.d)
+		}
+	}
+	names := make([]string, 0, len(u.Limits))
+	for name := range u.Limits {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := store.ValidUserName(name); err != nil {
+			bad("usage.limits", "%v", err)
+		}
+		if n := u.Limits[name]; n < 1 || n > usage.MaxLimit {
+			bad("usage.limits."+name, "must be between 1 and %d, got %d", usage.MaxLimit, n)
+		}
+	}
 }
 
 // setting is one leaf of Config, reached by its yaml key path.
