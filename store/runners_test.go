@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,6 +162,64 @@ func TestRunnerLeases(t *testing.T) {
 		}
 		if exp, err := s.ExpiredLeases(ctx, 10); err != nil || len(exp) != 1 || exp[0].BuildID != b4.ID {
 			t.Fatalf("leases after revoke = %+v, %v", exp, err)
+		}
+	})
+}
+
+// TestClaimForRunnerConcurrent has several runners claim at once: every
+// build is claimed exactly once.
+func TestClaimForRunnerConcurrent(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		_, p := mkProject(t, s, "many")
+		const n = 40
+		for range n {
+			if _, err := s.CreateBuild(ctx, NewBuild{ProjectID: p.ID, Ref: "refs/heads/main", Branch: "main", SHA: "abc"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var runners []Runner
+		for i := range 4 {
+			_, r, err := s.CreateRunner(ctx, "r"+string(rune('a'+i)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runners = append(runners, r)
+		}
+		var mu sync.Mutex
+		got := map[int64]int{}
+		var wg sync.WaitGroup
+		for _, r := range runners {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					b, l, err := s.ClaimForRunner(ctx, r.ID, nil, time.Minute)
+					if errors.Is(err, ErrNotFound) {
+						return
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					got[b.ID]++
+					mu.Unlock()
+					if _, err := s.FinishLeased(ctx, b.ID, l.Token, builds.Passed, "", nil); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if len(got) != n {
+			t.Fatalf("%d builds claimed, want %d", len(got), n)
+		}
+		for id, c := range got {
+			if c != 1 {
+				t.Fatalf("build %d claimed %d times", id, c)
+			}
 		}
 	})
 }
