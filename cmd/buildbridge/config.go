@@ -50,6 +50,7 @@ type Config struct {
 	Realtime   RealtimeConfig   `yaml:"realtime"`
 	Deliveries DeliveriesConfig `yaml:"deliveries"`
 	Usage      UsageConfig      `yaml:"usage"`
+	Slack      SlackConfig      `yaml:"slack"`
 }
 
 // UsageConfig configures API metering, rate limits and the periodic
@@ -166,6 +167,7 @@ func (c *Config) Validate() error {
 		bad("realtime.max_channels", "must be at least 1, got %d", c.Realtime.MaxChannels)
 	}
 	c.Usage.validate(bad)
+	c.Slack.validate(bad)
 	return errors.Join(errs...)
 }
 
