@@ -150,18 +150,45 @@ func GitHubPush(p Push, deliveryID, secret string) Delivery {
 	}
 	body := mustJSON(obj{
 		"ref": p.Ref, "before": p.Before, "after": p.After,
-		"repository": obj{
-			"id": 1296269, "node_id": "MDEwOlJlcG9zaXRvcnkxMjk2MjY5", "name": repoName(p.Repo), "full_name": p.Repo,
-			"private": false, "owner": obj{"name": repoOwner(p.Repo), "email": nil, "login": repoOwner(p.Repo), "id": 1},
-			"html_url": web, "url": web, "default_branch": "main", "master_branch": "main",
-			"pushed_at": p.Time.Unix(), "created_at": 1296068472,
-		},
-		"pusher":  obj{"name": p.Pusher, "email": p.Email},
-		"sender":  obj{"login": p.Pusher, "id": 583231, "type": "User", "site_admin": false},
-		"created": p.Before == ZeroSHA, "deleted": p.deleted(), "forced": false, "base_ref": nil,
+		"repository": githubRepository(p),
+		"pusher":     obj{"name": p.Pusher, "email": p.Email},
+		"sender":     obj{"login": p.Pusher, "id": 583231, "type": "User", "site_admin": false},
+		"created":    p.Before == ZeroSHA, "deleted": p.deleted(), "forced": false, "base_ref": nil,
 		"compare": compare, "commits": commits, "head_commit": head,
 	})
 	return githubDelivery("push", deliveryID, secret, body)
+}
+
+// githubRepository is the repository object of a push payload, with the
+// many URL and counter fields GitHub sends (a real payload is a few KB).
+func githubRepository(p Push) obj {
+	api := "https://api.github.com/repos/" + p.Repo
+	web := "https://github.com/" + p.Repo
+	r := obj{
+		"id": 1296269, "node_id": "MDEwOlJlcG9zaXRvcnkxMjk2MjY5", "name": repoName(p.Repo), "full_name": p.Repo,
+		"private": false, "html_url": web, "description": "The app", "fork": false, "url": web,
+		"created_at": 1296068472, "updated_at": "2024-05-06T07:08:09Z", "pushed_at": p.Time.Unix(),
+		"git_url": "git://github.com/" + p.Repo + ".git", "ssh_url": "git@github.com:" + p.Repo + ".git",
+		"clone_url": web + ".git", "svn_url": web, "homepage": nil, "size": 4096, "stargazers_count": 80,
+		"watchers_count": 80, "language": "Go", "has_issues": true, "has_projects": true, "has_downloads": true,
+		"has_wiki": true, "has_pages": false, "has_discussions": false, "forks_count": 9, "mirror_url": nil,
+		"archived": false, "disabled": false, "open_issues_count": 2, "license": nil, "allow_forking": true,
+		"is_template": false, "web_commit_signoff_required": false, "topics": []string{}, "visibility": "public",
+		"forks": 9, "open_issues": 2, "watchers": 80, "default_branch": "main", "stargazers": 80,
+		"master_branch": "main",
+		"owner": obj{"name": repoOwner(p.Repo), "email": nil, "login": repoOwner(p.Repo), "id": 1,
+			"node_id": "MDQ6VXNlcjE=", "avatar_url": "https://avatars.githubusercontent.com/u/1?v=4", "gravatar_id": "",
+			"url": "https://api.github.com/users/" + repoOwner(p.Repo), "html_url": "https://github.com/" + repoOwner(p.Repo),
+			"type": "Organization", "site_admin": false},
+	}
+	for _, name := range []string{"forks", "keys", "collaborators", "teams", "hooks", "issue_events", "events",
+		"assignees", "branches", "tags", "blobs", "git_tags", "git_refs", "trees", "statuses", "languages",
+		"stargazers", "contributors", "subscribers", "subscription", "commits", "git_commits", "comments",
+		"issue_comment", "contents", "compare", "merges", "archive", "downloads", "issues", "pulls",
+		"milestones", "notifications", "labels", "releases", "deployments"} {
+		r[name+"_url"] = api + "/" + name
+	}
+	return r
 }
 
 // GitHubPing is the "ping" delivery GitHub sends when a webhook is made.
