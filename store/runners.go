@@ -49,6 +49,8 @@ type Lease struct {
 	RunnerID  int64     `json:"runner_id"`
 	Token     string    `json:"token"`
 	ExpiresAt time.Time `json:"expires_at"`
+	// RunnerName is filled in by ExpiredLeases, for the reason it gives.
+	RunnerName string `json:"runner_name,omitempty"`
 }
 
 // NormalizeLabels trims, lower-cases, de-duplicates and sorts labels, and
@@ -234,8 +236,9 @@ func (s *DB) ProjectLabels(ctx context.Context, projectID int64) ([]string, erro
 const claimWindow = 50
 
 // ClaimForRunner moves the oldest queued build whose required labels the
-// runner has to STARTED and gives the runner a lease on it until now+ttl.
-// It returns ErrNotFound when there is none.
+// runner has (labels as NormalizeLabels returns them) to STARTED and gives
+// the runner a lease on it until now+ttl. A runner without labels takes
+// only builds that need none. It returns ErrNotFound when there is none.
 func (s *DB) ClaimForRunner(ctx context.Context, runnerID int64, labels []string, ttl time.Duration) (builds.Build, Lease, error) {
 	if ttl <= 0 {
 		return builds.Build{}, Lease{}, fmt.Errorf("claim build: lease ttl must be positive, got %s", ttl)
@@ -245,12 +248,20 @@ func (s *DB) ClaimForRunner(ctx context.Context, runnerID int64, labels []string
 		lease Lease
 	)
 	err := s.groupTx(ctx, func(tx *sql.Tx) error {
+		// A runner without labels takes only builds that need none: one
+		// row to look at (and lock) instead of a window.
+		window := claimWindow
 		query := `SELECT b.id, COALESCE(pl.labels, '') FROM builds b LEFT JOIN project_labels pl ON pl.project_id = b.project_id
-			WHERE b.state = ? ORDER BY b.id LIMIT ?`
+			WHERE b.state = ?`
+		if len(labels) == 0 {
+			query += ` AND pl.project_id IS NULL`
+			window = 1
+		}
+		query += ` ORDER BY b.id LIMIT ?`
 		if s.postgres {
 			query += ` FOR UPDATE OF b SKIP LOCKED`
 		}
-		rows, err := tx.QueryContext(ctx, s.q(query), builds.Queued, claimWindow)
+		rows, err := tx.QueryContext(ctx, s.q(query), builds.Queued, window)
 		if err != nil {
 			return fmt.Errorf("claim build: %w", err)
 		}
@@ -391,7 +402,8 @@ func (s *DB) FinishLeased(ctx context.Context, buildID int64, token string, resu
 
 // ExpiredLeases lists leases that ended before now, oldest first.
 func (s *DB) ExpiredLeases(ctx context.Context, limit int) ([]Lease, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT build_id, runner_id, token, expires_at FROM build_leases WHERE expires_at <= ? ORDER BY expires_at LIMIT ?`),
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT l.build_id, l.runner_id, l.token, l.expires_at, r.name FROM build_leases l JOIN runners r ON r.id = l.runner_id
+		WHERE l.expires_at <= ? ORDER BY l.expires_at LIMIT ?`),
 		ms(s.now()), limit)
 	if err != nil {
 		return nil, fmt.Errorf("expired leases: %w", err)
@@ -401,7 +413,7 @@ func (s *DB) ExpiredLeases(ctx context.Context, limit int) ([]Lease, error) {
 	for rows.Next() {
 		var l Lease
 		var exp int64
-		if err := rows.Scan(&l.BuildID, &l.RunnerID, &l.Token, &exp); err != nil {
+		if err := rows.Scan(&l.BuildID, &l.RunnerID, &l.Token, &exp, &l.RunnerName); err != nil {
 			return nil, fmt.Errorf("expired leases: %w", err)
 		}
 		l.ExpiresAt = fromMS(exp)

@@ -472,8 +472,7 @@ func (h *Hub) Reap(ctx context.Context) error {
 		return err
 	}
 	for _, l := range leases {
-		name := strconv.FormatInt(l.RunnerID, 10)
-		reason := fmt.Sprintf("runner %s lost its lease: no heartbeat since %s", name, l.ExpiresAt.Add(-h.cfg.LeaseTTL).Format(time.RFC3339))
+		reason := fmt.Sprintf("runner %q lost its lease: no heartbeat since %s", l.RunnerName, l.ExpiresAt.Add(-h.cfg.LeaseTTL).Format(time.RFC3339))
 		b, err := h.cfg.Store.ReclaimLease(ctx, l, h.cfg.Requeue, reason)
 		if errors.Is(err, store.ErrLeaseLost) || errors.Is(err, builds.ErrTransition) {
 			continue // renewed, finished or reclaimed by another node meanwhile
