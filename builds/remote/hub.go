@@ -29,7 +29,8 @@ type HubConfig struct {
 	// ArtifactsDir is the hub's artifacts directory: uploads land in
 	// ArtifactsDir/<build id>/<path>, where the API serves them. Required.
 	ArtifactsDir string
-	// MaxArtifactBytes caps one uploaded file (default 100 MiB).
+	// MaxArtifactBytes caps the artifacts uploaded for one build
+	// (default 100 MiB).
 	MaxArtifactBytes int64
 	// MaxLogChunk caps one log upload (default 1 MiB).
 	MaxLogChunk int64
@@ -332,10 +333,22 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request, id int64, lease str
 		h.fail(w, r, err)
 		return
 	}
-	a, err := h.writeArtifact(id, rel, http.MaxBytesReader(w, r.Body, h.cfg.MaxArtifactBytes))
+	// The cap is per build: what other files of the build already hold
+	// counts against it.
+	used, err := dirSize(filepath.Join(h.cfg.ArtifactsDir, strconv.FormatInt(id, 10)), rel)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	left := h.cfg.MaxArtifactBytes - used
+	if left < 0 || r.ContentLength > left {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("artifact %s: the build's artifacts would pass the limit of %d bytes (%d used)", rel, h.cfg.MaxArtifactBytes, used))
+		return
+	}
+	a, err := h.writeArtifact(id, rel, http.MaxBytesReader(w, r.Body, left))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("artifact %s is over the limit of %d bytes", rel, h.cfg.MaxArtifactBytes))
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("artifact %s: the build's artifacts pass the limit of %d bytes", rel, h.cfg.MaxArtifactBytes))
 		return
 	}
 	if err != nil {
@@ -343,6 +356,33 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request, id int64, lease str
 		return
 	}
 	writeJSON(w, http.StatusOK, a)
+}
+
+// dirSize sums the sizes of the regular files under dir but skip (a
+// slash-separated path inside it, about to be replaced); a missing dir is
+// empty.
+func dirSize(dir, skip string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if rel, _ := filepath.Rel(dir, p); filepath.ToSlash(rel) == skip {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if info.Mode().IsRegular() {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n, err
 }
 
 // writeArtifact writes through os.Root, so no path or symlink leads out

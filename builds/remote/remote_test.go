@@ -284,6 +284,17 @@ func TestLateRunnerRefusedAndBuildRequeued(t *testing.T) {
 	if st, body := do(t, f, http.MethodPut, "/runner/v1/builds/1/artifacts/big", tok, job.Lease, strings.Repeat("x", 2048)); st != http.StatusRequestEntityTooLarge {
 		t.Fatalf("oversized upload: %d %s", st, body)
 	}
+	// The cap (1 KiB here) is per build: 600 + 600 bytes do not fit.
+	if st, body := do(t, f, http.MethodPut, "/runner/v1/builds/1/artifacts/a/one", tok, job.Lease, strings.Repeat("x", 600)); st != http.StatusOK {
+		t.Fatalf("first upload: %d %s", st, body)
+	}
+	if st, body := do(t, f, http.MethodPut, "/runner/v1/builds/1/artifacts/a/two", tok, job.Lease, strings.Repeat("x", 600)); st != http.StatusRequestEntityTooLarge {
+		t.Fatalf("upload past the build's cap: %d %s", st, body)
+	}
+	// Replacing a file counts it once.
+	if st, body := do(t, f, http.MethodPut, "/runner/v1/builds/1/artifacts/a/one", tok, job.Lease, strings.Repeat("y", 900)); st != http.StatusOK {
+		t.Fatalf("replacing upload: %d %s", st, body)
+	}
 	// The runner goes silent; the reaper re-queues the build.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
