@@ -147,6 +147,9 @@ func (l *channelLimits) authorize(ctx context.Context, req realtime.SubscribeReq
 	if err != nil {
 		return fmt.Errorf("unknown user %d", id)
 	}
+	if req.Channel == api.SystemChannel && !u.Admin {
+		return fmt.Errorf("only admins may subscribe to %s", api.SystemChannel)
+	}
 	max := l.h.cfg.Realtime.MaxChannels
 	if u.MaxChannels > 0 {
 		max = u.MaxChannels
