@@ -60,7 +60,10 @@ func (s *Sink) flusher(ctx context.Context) {
 		case <-timer.C:
 		case <-s.wake:
 		}
-		if err := s.FlushDue(ctx); err != nil && ctx.Err() == nil {
+		switch err := s.FlushDue(ctx); {
+		case errors.Is(err, ErrNoStore):
+			// Not given yet (the hub makes sinks before it hands them the store).
+		case err != nil && ctx.Err() == nil:
 			s.log.Error("sending held mail", "err", err)
 		}
 		wait := s.opts.Poll
