@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/buildbridge/buildbridge/store/storetest"
 )
 
 // runnerProc is a `buildbridge runner` subprocess.
@@ -194,5 +196,78 @@ func TestRemoteRunners(t *testing.T) {
 	}
 	if out := runCLI(t, "runner", "token", "list", "--data", data); !strings.Contains(out, "gpu-1") || !strings.Contains(out, "plain-1") {
 		t.Fatalf("token list:\n%s", out)
+	}
+}
+
+// TestRemoteRunnersTwoNodes runs two `serve` nodes on one PostgreSQL and
+// one NATS, and a runner on each: builds triggered through either node all
+// run once; a runner SIGKILLed mid-build loses its lease and, with
+// on_restart: requeue, the other runner runs the build to the end.
+func TestRemoteRunnersTwoNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two-node test skipped in -short mode")
+	}
+	nurl := natsURL(t)
+	dsn := storetest.PostgresDSN(t)
+	ns := uniqueNamespace(t)
+	dataA, dataB := t.TempDir(), t.TempDir()
+	token := strings.TrimSpace(runCLI(t, "user", "add", "ann", "--admin", "--data", dataA, "--postgres", dsn))
+	tokA := strings.TrimSpace(runCLI(t, "runner", "token", "create", "ra", "--labels", "remote", "--data", dataA, "--postgres", dsn))
+	tokB := strings.TrimSpace(runCLI(t, "runner", "token", "create", "rb", "--labels", "remote", "--data", dataA, "--postgres", dsn))
+	repo := newTestRepo(t)
+	repo.commit(t, "main", "fast", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: sleep 0.5; echo ok\n"})
+	repo.commit(t, "slow", "slow", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: echo slow-started; sleep 4; echo slow-done\n"})
+	args := []string{"--postgres", dsn, "--nats-url", nurl, "--nats-namespace", ns, "--on-restart", "requeue"}
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	startServer(t, dataA, addrA, newEventLog(), args...)
+	startServer(t, dataB, addrB, newEventLog(), args...)
+	a := client{base: "http://" + addrA, token: token}
+	b := client{base: "http://" + addrB, token: token}
+	a.mustCall(t, 201, "POST", "/api/v1/projects", map[string]any{"name": "app", "repo": repo.bare})
+	b.mustCall(t, 200, "PUT", "/api/v1/projects/app/runner-labels", map[string]any{"labels": []string{"remote"}})
+	ra := startRunner(t, a.base, tokA)
+	rb := startRunner(t, b.base, tokB)
+
+	var ids []int64
+	for i := range 6 {
+		c := a
+		if i%2 == 1 {
+			c = b
+		}
+		ids = append(ids, trigger(t, c, "main"))
+	}
+	for _, id := range ids {
+		if got := waitBuild(t, b, id, "FINISHED", 60*time.Second); got["result"] != "passed" {
+			t.Fatalf("build %d: %v\n%s\n%s", id, got, ra.log(), rb.log())
+		}
+	}
+
+	id := trigger(t, b, "slow")
+	waitBuild(t, a, id, "STARTED", 30*time.Second)
+	w := a.mustCall(t, 200, "GET", fmt.Sprintf("/api/v1/builds/%d/runner", id), nil)
+	victim, other := ra, "rb"
+	if strings.Contains(fmt.Sprint(w["runner"]), "rb") {
+		victim, other = rb, "ra"
+	}
+	victim.cmd.Process.Kill()
+	<-victim.done
+	killed := time.Now()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		w = a.mustCall(t, 200, "GET", fmt.Sprintf("/api/v1/builds/%d/runner", id), nil)
+		if strings.Contains(fmt.Sprint(w["runner"]), other) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("build %d not taken over by %s: %v", id, other, w)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	got := waitBuild(t, b, id, "FINISHED", 30*time.Second)
+	if got["result"] != "passed" {
+		t.Fatalf("taken-over build: %v", got)
+	}
+	if d := time.Since(killed); d < 4*time.Second {
+		t.Fatalf("build finished %s after its runner was killed; it cannot have rerun", d)
 	}
 }
