@@ -312,7 +312,7 @@ func (m *Meter) Begin(c Caller, now time.Time) Decision {
 		if t.window.CompareAndSwap(old, next) {
 			n = next & countMask
 			if n == t.at80 || n == t.limit {
-				m.crossed(t, n, start)
+				m.crossed(t, n, start, now)
 			}
 			return Decision{Allowed: true, Limit: int(t.limit), Remaining: int(t.limit - n), Reset: m.reset(start, nowMS), t: t}
 		}

@@ -178,7 +178,7 @@ func TestThresholdsOncePerWindow(t *testing.T) {
 		t.Fatalf("80%%: %+v", ths)
 	}
 	ev := ths[0].Event()
-	if ev.Type != "usage-threshold" || ev.ID != ths[0].Event().ID || ev.ID == "" {
+	if ev.Type != "usage-threshold" || ev.ID != ths[0].Event().ID || ev.ID == "" || !ev.Time.Equal(clk.Now()) {
 		t.Fatalf("event %+v", ev)
 	}
 	m.Begin(ann, clk.Now())
@@ -261,5 +261,13 @@ func TestRoutes(t *testing.T) {
 	}
 	if id := m.Route("GET", "/one/too/many"); id != 0 || m.routeName(id) != OtherRoute {
 		t.Fatalf("over MaxRoutes: %d", id)
+	}
+}
+
+func TestFormatWindow(t *testing.T) {
+	for d, want := range map[time.Duration]string{time.Minute: "1m", time.Hour: "1h", 90 * time.Minute: "1h30m", 45 * time.Second: "45s", 90 * time.Second: "1m30s", 24 * time.Hour: "24h"} {
+		if got := FormatWindow(d); got != want {
+			t.Errorf("%s: %q, want %q", d, got, want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package usage
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -48,7 +49,7 @@ func Middleware(m *Meter, a *api.API) gin.HandlerFunc {
 		} else {
 			h.Set(HeaderRetryAfter, strconv.Itoa(max(reset, 1)))
 			a.Fail(c, api.NewError(http.StatusTooManyRequests, "rate_limited",
-				"rate limit reached: %d requests per %s for this token; try again in %d seconds", d.Limit, m.cfg.Window, max(reset, 1)))
+				"rate limit reached: %d requests per %s for this token; try again in %d seconds", d.Limit, FormatWindow(m.cfg.Window), max(reset, 1)))
 		}
 		m.End(d, route, c.Writer.Status(), m.cfg.Now().Sub(start))
 	}
@@ -70,6 +71,18 @@ func numText(n int) string {
 		return smallNums[n]
 	}
 	return strconv.Itoa(n)
+}
+
+// FormatWindow writes a window as people do: 1m, 1h30m, 45s.
+func FormatWindow(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
 // seconds rounds up to whole seconds, as the headers carry them.

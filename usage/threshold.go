@@ -21,6 +21,8 @@ type Threshold struct {
 	Used        int
 	Window      time.Duration
 	WindowStart time.Time
+	// At is when the crossing request came.
+	At time.Time
 }
 
 // thresholdBody is the data of a usage-threshold event.
@@ -47,21 +49,17 @@ func (th Threshold) Event() event.Envelope {
 	body, _ := json.Marshal(thresholdBody{UserID: th.UserID, User: th.User, TokenID: th.TokenID, Percent: th.Percent,
 		Limit: th.Limit, Used: th.Used, WindowSeconds: th.Window.Seconds(),
 		WindowStart: th.WindowStart.UTC(), ResetAt: th.WindowStart.Add(th.Window).UTC()})
-	at := th.WindowStart
-	if th.Percent == 100 {
-		at = at.Add(time.Millisecond) // orders the two levels of one window
-	}
 	return event.Envelope{
 		ID:   "evt_usage_" + who + "_" + strconv.FormatInt(th.WindowStart.UnixMilli(), 10) + "_" + strconv.Itoa(th.Percent),
-		Type: event.TypeUsageThreshold, Time: at.UTC(), Data: body,
+		Type: event.TypeUsageThreshold, Time: th.At.UTC(), Data: body,
 	}
 }
 
 // crossed records a crossing; it runs once per level and window, from
 // Begin, so it may allocate.
-func (m *Meter) crossed(t *tokenState, n, start uint64) {
+func (m *Meter) crossed(t *tokenState, n, start uint64, now time.Time) {
 	th := Threshold{TokenID: t.tokenID, UserID: t.userID, User: t.user, Percent: 80, Limit: int(t.limit), Used: int(n),
-		Window: m.cfg.Window, WindowStart: m.epoch.Add(time.Duration(start) * time.Millisecond)}
+		Window: m.cfg.Window, WindowStart: m.epoch.Add(time.Duration(start) * time.Millisecond), At: now}
 	if n == t.limit {
 		th.Percent = 100
 	}

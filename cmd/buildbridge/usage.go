@@ -413,7 +413,7 @@ func printAllUsage(w io.Writer, raw []byte) error {
 	for _, u := range resp.Users {
 		limit := "-"
 		if l, ok := resp.RateLimits[u.User]; ok {
-			limit = fmt.Sprintf("%d/%s", l.Limit, time.Duration(l.WindowSeconds*float64(time.Second)))
+			limit = fmt.Sprintf("%d/%s", l.Limit, usage.FormatWindow(time.Duration(l.WindowSeconds*float64(time.Second))))
 		}
 		busiest := "-"
 		if len(u.Routes) > 0 {
@@ -469,7 +469,7 @@ func printMyUsage(w io.Writer, raw []byte) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s to %s (UTC)", resp.From, resp.To)
 	if l := resp.RateLimit; l != nil {
-		fmt.Fprintf(&b, "; rate limit %d requests per %s per token", l.Limit, time.Duration(l.WindowSeconds*float64(time.Second)))
+		fmt.Fprintf(&b, "; rate limit %d requests per %s per token", l.Limit, usage.FormatWindow(time.Duration(l.WindowSeconds*float64(time.Second))))
 	}
 	_, err := fmt.Fprintln(w, b.String())
 	return err

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/spf13/pflag"
 
 	"github.com/buildbridge/buildbridge/event"
 )
@@ -351,6 +352,58 @@ func TestSystemChannel(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no figures with the burst: last %s", d)
+		}
+	}
+}
+
+// TestUsageConfig: the usage settings from the file, the environment and
+// flags, per-user limits from the file only, and bad values named.
+func TestUsageConfig(t *testing.T) {
+	load := func(file string, env map[string]string, args ...string) (Config, error) {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "c.yaml")
+		os.WriteFile(p, []byte(file), 0o600)
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		addConfigFlags(fs)
+		if err := fs.Parse(append(args, "--config", p, "--data", dir)); err != nil {
+			t.Fatal(err)
+		}
+		return loadConfig(fs, func(k string) string { return env[k] })
+	}
+	cfg, err := load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := cfg.Usage; u.RateLimit != 600 || u.RateWindow != time.Minute || u.FlushInterval != 5*time.Second ||
+		u.APIUsageInterval != 5*time.Second || u.SystemInterval != 5*time.Second || len(u.Limits) != 0 {
+		t.Fatalf("defaults: %+v", u)
+	}
+	cfg, err = load("usage:\n  rate_limit: 100\n  limits:\n    ann: 1000\n    ci-bot: 5000\n",
+		map[string]string{"BUILDBRIDGE_USAGE_RATE_WINDOW": "1h"}, "--usage-flush-interval", "2s", "--usage-system-interval", "10s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := cfg.Usage; u.RateLimit != 100 || u.RateWindow != time.Hour || u.FlushInterval != 2*time.Second ||
+		u.SystemInterval != 10*time.Second || u.Limits["ann"] != 1000 || u.Limits["ci-bot"] != 5000 {
+		t.Fatalf("set: %+v", u)
+	}
+	for _, c := range []struct {
+		file string
+		args []string
+		want string
+	}{
+		{args: []string{"--usage-rate-limit", "0"}, want: "setting usage.rate_limit"},
+		{args: []string{"--usage-rate-window", "10ms"}, want: "setting usage.rate_window"},
+		{args: []string{"--usage-flush-interval", "2h"}, want: "setting usage.flush_interval"},
+		{args: []string{"--usage-api-usage-interval", "1ms"}, want: "setting usage.api_usage_interval"},
+		{args: []string{"--usage-system-interval", "0s"}, want: "setting usage.system_interval"},
+		{file: "usage:\n  limits:\n    ann: 0\n", want: "setting usage.limits.ann"},
+		{file: "usage:\n  limits:\n    \"a b\": 5\n", want: "setting usage.limits"},
+		{file: "usage:\n  limit: 5\n", want: "field limit not found"},
+	} {
+		_, err := load(c.file, nil, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v %q: %v, want %q", c.args, c.file, err, c.want)
 		}
 	}
 }
