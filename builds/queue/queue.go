@@ -147,9 +147,9 @@ func (q *Queue) Cancel(buildID int64) {
 }
 
 // Recover deals with builds a crash left STARTED, except those a remote
-// runner holds a lease on: they finish as errored
-// with a reason, or are re-queued when Requeue is set. Call it once before
-// Run, on a node that is the only one running builds.
+// runner holds a lease on (the lease reaper judges those): they finish as
+// errored with a reason, or are re-queued when Requeue is set. Call it
+// once before Run, on the only node whose embedded runner runs builds.
 func (q *Queue) Recover(ctx context.Context) (int, error) {
 	list, err := q.cfg.Store.ListBuilds(ctx, store.BuildFilter{State: builds.Started, Limit: 500})
 	if err != nil {
