@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	_ "time/tzdata" // quiet hours' time zones, whatever the host has
 
@@ -44,7 +45,7 @@ func parsePolicy(p map[string]string) (policy, error) {
 		}
 		pol.quiet = q
 	} else if tz := strings.TrimSpace(p["timezone"]); tz != "" {
-		if _, err := time.LoadLocation(tz); err != nil {
+		if _, err := loadLocation(tz); err != nil {
 			return pol, fmt.Errorf("timezone: %q is not a time zone like Europe/Paris", tz)
 		}
 	}
@@ -99,6 +100,22 @@ func (p policy) holdUntil(now time.Time, ev *event.Envelope) time.Time {
 	return until
 }
 
+// locations caches time zones: routes check the parameters of every
+// delivery whose recipients are templates.
+var locations sync.Map // name → *time.Location
+
+func loadLocation(name string) (*time.Location, error) {
+	if l, ok := locations.Load(name); ok {
+		return l.(*time.Location), nil
+	}
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, err
+	}
+	locations.Store(name, l)
+	return l, nil
+}
+
 // quietHours is a daily period, in minutes of the day of a time zone.
 type quietHours struct {
 	from, until int
@@ -110,7 +127,7 @@ func parseQuietHours(span, tz string) (*quietHours, error) {
 	loc := time.UTC
 	if tz = strings.TrimSpace(tz); tz != "" {
 		var err error
-		if loc, err = time.LoadLocation(tz); err != nil {
+		if loc, err = loadLocation(tz); err != nil {
 			return nil, fmt.Errorf("timezone: %q is not a time zone like Europe/Paris", tz)
 		}
 	}
