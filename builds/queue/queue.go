@@ -95,6 +95,7 @@ type Queue struct {
 
 	mu      sync.Mutex
 	running map[int64]context.CancelCauseFunc
+	off     bool // DisableWorkers was called
 
 	depth   prometheus.GaugeFunc
 	active  prometheus.Gauge
@@ -190,12 +191,26 @@ func (q *Queue) interrupt(ctx context.Context, id int64, why string) error {
 	return nil
 }
 
+// DisableWorkers makes Run start no worker: builds are left to remote
+// runners, while Wake and Cancel stay harmless. Call it before Run.
+func (q *Queue) DisableWorkers() {
+	q.mu.Lock()
+	q.off = true
+	q.mu.Unlock()
+}
+
 // Run runs workers until ctx is done, then gives running builds
 // ShutdownGrace to finish before stopping them. It returns when every
 // worker has stopped.
 func (q *Queue) Run(ctx context.Context) error {
+	q.mu.Lock()
+	workers := q.cfg.Concurrency
+	if q.off {
+		workers = 0
+	}
+	q.mu.Unlock()
 	var wg sync.WaitGroup
-	for i := 0; i < q.cfg.Concurrency; i++ {
+	for i := 0; i < workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

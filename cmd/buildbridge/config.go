@@ -36,8 +36,11 @@ type Config struct {
 	// BaseURL is where users reach the hub (links in events and messages).
 	BaseURL string `yaml:"base_url" help:"public URL of the hub (default http://ADDR)"`
 
-	Concurrency      int           `yaml:"concurrency" help:"builds run at once by the embedded runner"`
-	OnRestart        string        `yaml:"on_restart" help:"what happens to builds that were running when the server stopped: error or requeue"`
+	Concurrency int    `yaml:"concurrency" help:"builds run at once by the embedded runner"`
+	OnRestart   string `yaml:"on_restart" help:"what happens to builds that were running when the server stopped, or whose remote runner lost its lease: error or requeue"`
+	// RunnerEmbedded false leaves every build to remote runners.
+	RunnerEmbedded   bool          `yaml:"runner_embedded" help:"run builds in this process too (false: remote runners only)"`
+	RunnerLeaseTTL   time.Duration `yaml:"runner_lease_ttl" help:"how long a remote runner keeps a build without a heartbeat"`
 	ShutdownGrace    time.Duration `yaml:"shutdown_grace" help:"how long running builds may go on after SIGTERM"`
 	MaxLogBytes      int64         `yaml:"max_log_bytes" help:"per-build log cap (head and tail are kept)"`
 	MaxArtifactBytes int64         `yaml:"max_artifact_bytes" help:"per-build artifact size cap"`
@@ -96,6 +99,8 @@ func defaultConfig() Config {
 		Data:             "./data",
 		Concurrency:      2,
 		OnRestart:        "error",
+		RunnerEmbedded:   true,
+		RunnerLeaseTTL:   5 * time.Second,
 		ShutdownGrace:    30 * time.Second,
 		MaxLogBytes:      4 << 20,
 		MaxArtifactBytes: 100 << 20,
@@ -133,6 +138,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		bad("concurrency", "must be between 1 and 256, got %d", c.Concurrency)
+	}
+	if c.RunnerLeaseTTL < time.Second || c.RunnerLeaseTTL > 10*time.Minute {
+		bad("runner_lease_ttl", "must be between 1s and 10m, got %s", c.RunnerLeaseTTL)
 	}
 	if c.OnRestart != "error" && c.OnRestart != "requeue" {
 		bad("on_restart", "must be \"error\" or \"requeue\", got %q", c.OnRestart)

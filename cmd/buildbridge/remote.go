@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -19,18 +18,18 @@ import (
 
 func init() { mounts = append(mounts, mountRemote) }
 
-// runnerLeaseTTL is how long a remote runner keeps a build without a
-// heartbeat; runners heartbeat every 500ms, so a lost runner's build is
-// handed on within about this long.
-const runnerLeaseTTL = 5 * time.Second
-
 // mountRemote serves the runner protocol under /runner/v1/ and runs the
-// lease reaper for as long as the hub runs. Lost leases follow on_restart:
-// requeue, or finish the build as errored.
+// lease reaper for as long as the hub runs. Lost leases (runner_lease_ttl
+// without a heartbeat; runners send one every 500ms) follow on_restart:
+// requeue, or finish the build as errored. runner_embedded: false stops
+// the in-process runner, leaving every build to remote runners.
 func mountRemote(ctx context.Context, h *hub) error {
+	if !h.cfg.RunnerEmbedded {
+		h.queue.DisableWorkers()
+	}
 	rh, err := remote.NewHub(remote.HubConfig{
 		Store: h.store, ArtifactsDir: filepath.Join(h.cfg.Data, "artifacts"),
-		MaxArtifactBytes: h.cfg.MaxArtifactBytes, LeaseTTL: runnerLeaseTTL,
+		MaxArtifactBytes: h.cfg.MaxArtifactBytes, LeaseTTL: h.cfg.RunnerLeaseTTL,
 		Requeue: h.cfg.OnRestart == "requeue", BuildURL: h.cfg.BaseURL + "/builds/",
 		OnLog: func(p builds.Project, b builds.Build, off int64, chunk []byte) {
 			if fn := h.onLog; fn != nil {

@@ -271,3 +271,43 @@ func TestRemoteRunnersTwoNodes(t *testing.T) {
 		t.Fatalf("build finished %s after its runner was killed; it cannot have rerun", d)
 	}
 }
+
+// TestRemoteOnlyHub turns the embedded runner off: a build of a project
+// without labels waits for a remote runner, and a short runner_lease_ttl
+// hands a killed runner's build on sooner.
+func TestRemoteOnlyHub(t *testing.T) {
+	if testing.Short() {
+		t.Skip("remote runner test skipped in -short mode")
+	}
+	data := t.TempDir()
+	token := strings.TrimSpace(runCLI(t, "user", "add", "ann", "--admin", "--data", data))
+	rtok := strings.TrimSpace(runCLI(t, "runner", "token", "create", "r", "--data", data))
+	repo := newTestRepo(t)
+	repo.commit(t, "main", "fast", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: echo ok\n"})
+	repo.commit(t, "slow", "slow", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: sleep 60\n"})
+	addr := freeAddr(t)
+	c := client{base: "http://" + addr, token: token}
+	startServer(t, data, addr, newEventLog(), "--runner-embedded=false", "--runner-lease-ttl", "1s")
+	c.mustCall(t, 201, "POST", "/api/v1/projects", map[string]any{"name": "app", "repo": repo.bare})
+	id := trigger(t, c, "main")
+	time.Sleep(1500 * time.Millisecond)
+	if b := getBuild(t, c, id); b["state"] != "QUEUED" {
+		t.Fatalf("the embedded runner ran a build although runner_embedded is false: %v", b)
+	}
+	r := startRunner(t, c.base, rtok)
+	if b := waitBuild(t, c, id, "FINISHED", 30*time.Second); b["result"] != "passed" {
+		t.Fatalf("build: %v\n%s", b, r.log())
+	}
+	id = trigger(t, c, "slow")
+	waitBuild(t, c, id, "STARTED", 30*time.Second)
+	r.cmd.Process.Kill()
+	<-r.done
+	at := time.Now()
+	b := waitBuild(t, c, id, "FINISHED", 10*time.Second)
+	if b["result"] != "errored" || !strings.Contains(fmt.Sprint(b["reason"]), `runner "r" lost its lease`) {
+		t.Fatalf("build of the killed runner: %v", b)
+	}
+	if d := time.Since(at); d > 4*time.Second {
+		t.Fatalf("a 1s lease took %s to be reaped", d)
+	}
+}
