@@ -304,7 +304,17 @@ func (c *Client) execute(parent context.Context, job Job) error {
 		}
 	}
 	body, _ := json.Marshal(Finish{Result: out.Result, Reason: out.Reason, Artifacts: arts})
-	_, err = c.call(context.Background(), http.MethodPost, "/builds/"+id+"/finish", job.Lease, bytes.NewReader(body), nil)
+	// A hub that cannot be reached or fails (5xx) is tried again while the
+	// heartbeats keep the lease; a refusal is final.
+	for attempt := 1; ; attempt++ {
+		_, err = c.call(context.Background(), http.MethodPost, "/builds/"+id+"/finish", job.Lease, bytes.NewReader(body), nil)
+		var he *HubError
+		if err == nil || (errors.As(err, &he) && he.Status < 500) || attempt == 5 {
+			break
+		}
+		log.Warn("report finished build; retrying", "err", err, "attempt", attempt)
+		time.Sleep(time.Duration(attempt) * 500 * time.Millisecond)
+	}
 	close(hbStop)
 	<-hbDone
 	switch {
