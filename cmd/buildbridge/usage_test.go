@@ -142,6 +142,30 @@ alerts:
 	if r, e := usageOfUser(t, root, "ann"); r != 11 || e != 1 {
 		t.Fatalf("ann's usage: %d requests, %d errors", r, e)
 	}
+
+	// The alerts reload with the rules: a new alert on any request.
+	os.WriteFile(rules, []byte(strings.Replace(string(mustRead(t, rules)), "  - name: refusals\n    if: rate_limited >= 1",
+		"  - name: busy\n    if: requests >= 1", 1)), 0o644)
+	root.mustCall(t, 200, "POST", "/api/v1/admin/rules/reload", nil)
+	waitFor(t, 15*time.Second, func() bool {
+		for _, q := range recv.accepted("/ops") {
+			var d map[string]any
+			json.Unmarshal(q.ev.Data, &d)
+			if q.ev.Type == event.TypeSystemRecovered && d["alert"] == "busy" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // TestUsageSurvivesRestarts: counts survive a graceful restart exactly;
