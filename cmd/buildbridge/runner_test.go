@@ -311,3 +311,65 @@ func TestRemoteOnlyHub(t *testing.T) {
 		t.Fatalf("a 1s lease took %s to be reaped", d)
 	}
 }
+
+// TestRemoteRunnersFaults SIGKILLs a serve node and a runner mid-build,
+// several times, with two nodes on PostgreSQL and NATS and on_restart:
+// requeue: every build still ends, passed, exactly once.
+func TestRemoteRunnersFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test skipped in -short mode")
+	}
+	nurl := natsURL(t)
+	dsn := storetest.PostgresDSN(t)
+	ns := uniqueNamespace(t)
+	dataA, dataB := t.TempDir(), t.TempDir()
+	token := strings.TrimSpace(runCLI(t, "user", "add", "ann", "--admin", "--data", dataA, "--postgres", dsn))
+	tokA := strings.TrimSpace(runCLI(t, "runner", "token", "create", "ra", "--labels", "remote", "--data", dataA, "--postgres", dsn))
+	tokB := strings.TrimSpace(runCLI(t, "runner", "token", "create", "rb", "--labels", "remote", "--data", dataA, "--postgres", dsn))
+	repo := newTestRepo(t)
+	repo.commit(t, "main", "work", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: sleep 1; echo ok\n"})
+	args := []string{"--postgres", dsn, "--nats-url", nurl, "--nats-namespace", ns, "--on-restart", "requeue", "--runner-lease-ttl", "2s"}
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	nodeA := startServer(t, dataA, addrA, newEventLog(), args...)
+	startServer(t, dataB, addrB, newEventLog(), args...)
+	a := client{base: "http://" + addrA, token: token}
+	b := client{base: "http://" + addrB, token: token}
+	a.mustCall(t, 201, "POST", "/api/v1/projects", map[string]any{"name": "app", "repo": repo.bare})
+	b.mustCall(t, 200, "PUT", "/api/v1/projects/app/runner-labels", map[string]any{"labels": []string{"remote"}})
+	startRunner(t, a.base, tokA)
+	rb := startRunner(t, b.base, tokB)
+
+	var ids []int64
+	for round := range 3 {
+		for i := range 4 {
+			c := a
+			if i%2 == 1 {
+				c = b
+			}
+			ids = append(ids, trigger(t, c, "main"))
+		}
+		time.Sleep(time.Duration(800+300*round) * time.Millisecond)
+		nodeA.kill()
+		rb.cmd.Process.Kill()
+		<-rb.done
+		nodeA = startServer(t, dataA, addrA, newEventLog(), args...)
+		rb = startRunner(t, b.base, tokB)
+	}
+	rerun := 0
+	for _, id := range ids {
+		got := waitBuild(t, b, id, "FINISHED", 90*time.Second)
+		if got["result"] != "passed" {
+			t.Fatalf("build %d: %v", id, got)
+		}
+		// Each run of a build starts once and finishes at most once.
+		evs := b.mustCall(t, 200, "GET", fmt.Sprintf("/api/v1/builds/%d/events", id), nil)
+		s := fmt.Sprint(evs)
+		if n := strings.Count(s, "FINISHED"); n != 1 {
+			t.Fatalf("build %d has %d FINISHED events: %s", id, n, s)
+		}
+		if strings.Count(s, "STARTED") > 1 {
+			rerun++
+		}
+	}
+	t.Logf("%d of %d builds were interrupted and run again", rerun, len(ids))
+}
