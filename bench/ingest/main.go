@@ -17,6 +17,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
@@ -172,27 +174,38 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime time.Durati
 	for i := range replays {
 		reqs[n+i] = reqs[i*n/max(replays, 1)]
 	}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}}
+	// The requests are written out in HTTP/1.1 once, and each sender
+	// writes them on its own keep-alive connection and reads the answer
+	// with http.ReadResponse: the load generator shares the process (and
+	// the two cores) with the hub, so it should cost as little as it can.
+	wire := make([][]byte, len(reqs))
+	for i, d := range reqs {
+		var b bytes.Buffer
+		if err := d.Request(url).Write(&b); err != nil {
+			return err
+		}
+		wire[i] = b.Bytes()
+	}
 
 	lat := make([]time.Duration, len(reqs))
 	var failed atomic.Int64
 	var firstErr error
 	var errOnce sync.Once
-	send := func(i int, from time.Time) {
-		resp, err := client.Do(reqs[i].Request(url))
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				err = fmt.Errorf("delivery %d: status %d", i, resp.StatusCode)
-			}
-		}
+	fail := func(err error) {
+		failed.Add(1)
+		errOnce.Do(func() { firstErr = err })
+	}
+	send := func(c *conn, i int, from time.Time) {
+		code, err := c.do(wire[i])
 		lat[i] = time.Since(from)
+		if err == nil && code != http.StatusOK {
+			err = fmt.Errorf("delivery %d: status %d", i, code)
+		}
 		if err != nil {
-			failed.Add(1)
-			errOnce.Do(func() { firstErr = err })
+			fail(err)
 		}
 	}
+	addr := ln.Addr().String()
 	deadline := time.Now().Add(maxTime)
 	cpu0 := cpuTime()
 	start := time.Now()
@@ -210,8 +223,16 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime time.Durati
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				c, err := dial(addr)
+				if err != nil {
+					fail(err)
+					for range jobs {
+					}
+					return
+				}
+				defer c.Close()
 				for j := range jobs {
-					send(j.i, j.when)
+					send(c, j.i, j.when)
 				}
 			}()
 		}
@@ -232,12 +253,18 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime time.Durati
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				c, err := dial(addr)
+				if err != nil {
+					fail(err)
+					return
+				}
+				defer c.Close()
 				for {
 					i := int(next.Add(1)) - 1
 					if i >= len(reqs) || time.Now().After(deadline) {
 						return
 					}
-					send(i, time.Now())
+					send(c, i, time.Now())
 				}
 			}()
 		}
@@ -305,4 +332,32 @@ func histogram(reg *prometheus.Registry, name string) (uint64, float64, bool) {
 		}
 	}
 	return 0, 0, false
+}
+
+// conn is one keep-alive HTTP/1.1 connection of a sender.
+type conn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func dial(addr string) (*conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{Conn: c, br: bufio.NewReader(c)}, nil
+}
+
+// do writes one request and reads its answer.
+func (c *conn) do(raw []byte) (int, error) {
+	if _, err := c.Write(raw); err != nil {
+		return 0, err
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
