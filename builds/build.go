@@ -148,19 +148,22 @@ type BranchFilter struct {
 
 // Build is one run of a project at one commit.
 type Build struct {
-	ID              int64      `json:"id"`
-	ProjectID       int64      `json:"project_id"`
-	Number          int64      `json:"number"`
-	State           State      `json:"state"`
-	Result          Result     `json:"result,omitempty"`
-	Reason          string     `json:"reason,omitempty"`
-	Ref             string     `json:"ref"`
-	Branch          string     `json:"branch,omitempty"`
-	SHA             string     `json:"sha"`
-	Author          string     `json:"author,omitempty"`
-	AuthorEmail     string     `json:"author_email,omitempty"`
-	Message         string     `json:"message,omitempty"`
-	TriggeredBy     int64      `json:"triggered_by,omitempty"`
+	ID          int64  `json:"id"`
+	ProjectID   int64  `json:"project_id"`
+	Number      int64  `json:"number"`
+	State       State  `json:"state"`
+	Result      Result `json:"result,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	Ref         string `json:"ref"`
+	Branch      string `json:"branch,omitempty"`
+	SHA         string `json:"sha"`
+	Author      string `json:"author,omitempty"`
+	AuthorEmail string `json:"author_email,omitempty"`
+	Message     string `json:"message,omitempty"`
+	TriggeredBy int64  `json:"triggered_by,omitempty"`
+	// CompareURL and Pusher come from a forge or hook push.
+	CompareURL      string     `json:"compare_url,omitempty"`
+	Pusher          string     `json:"pusher,omitempty"`
 	CancelRequested bool       `json:"cancel_requested,omitempty"`
 	CreatedAt       time.Time  `json:"created_at"`
 	StartedAt       *time.Time `json:"started_at"`

@@ -59,12 +59,15 @@ type Build struct {
 	SHA     string        `json:"sha"`
 	Author  string        `json:"author"`
 	// AuthorEmail is the commit author's email, for rules and mail.
-	AuthorEmail string     `json:"author_email"`
-	Message     string     `json:"message"`
-	Reason      string     `json:"reason,omitempty"`
-	URL         string     `json:"url"`
-	StartedAt   *time.Time `json:"started_at"`
-	FinishedAt  *time.Time `json:"finished_at"`
+	AuthorEmail string `json:"author_email"`
+	Message     string `json:"message"`
+	// CompareURL and Pusher are set for builds a push started.
+	CompareURL string     `json:"compare_url,omitempty"`
+	Pusher     string     `json:"pusher,omitempty"`
+	Reason     string     `json:"reason,omitempty"`
+	URL        string     `json:"url"`
+	StartedAt  *time.Time `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at"`
 	// DurationMS is nil until the build finished.
 	DurationMS *int64 `json:"duration_ms"`
 }
@@ -124,6 +127,7 @@ func FromTransition(t builds.Transition, buildURL string) Envelope {
 		Status: builds.DeriveStatus(b.State, b.Result, prevResult),
 		Ref:    b.Ref, Branch: b.Branch, SHA: b.SHA,
 		Author: b.Author, AuthorEmail: b.AuthorEmail, Message: b.Message,
+		CompareURL: b.CompareURL, Pusher: b.Pusher,
 		Reason: b.Reason, StartedAt: b.StartedAt, FinishedAt: b.FinishedAt,
 	}
 	if buildURL != "" {

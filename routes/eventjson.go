@@ -45,8 +45,8 @@ func appendEnvelope(dst []byte, ev *event.Envelope) ([]byte, bool) {
 		}
 		for _, f := range [...]struct{ k, v string }{{"status", string(b.Status)}, {"ref", b.Ref},
 			{"branch", b.Branch}, {"sha", b.SHA}, {"author", b.Author}, {"author_email", b.AuthorEmail},
-			{"message", b.Message}, {"reason", b.Reason}, {"url", b.URL}} {
-			if f.k == "reason" && f.v == "" {
+			{"message", b.Message}, {"compare_url", b.CompareURL}, {"pusher", b.Pusher}, {"reason", b.Reason}, {"url", b.URL}} {
+			if f.v == "" && (f.k == "reason" || f.k == "compare_url" || f.k == "pusher") {
 				continue // omitempty
 			}
 			dst = append(dst, ',', '"')

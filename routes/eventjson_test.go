@@ -17,6 +17,7 @@ func TestEnvelopeJSONIsJSONMarshal(t *testing.T) {
 	odd := build{result: builds.Failed, prev: builds.Passed}.event()
 	odd.Build.Message = "\x00\x01\b\f\t\r\n\\\"<>&\u2028\u2029\xff\xfe é 😀"
 	odd.Build.Reason = "r"
+	odd.Build.CompareURL, odd.Build.Pusher = "https://git.example/compare/a...b", "pusher <p@x>"
 	odd.Time = time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.FixedZone("X", 3600))
 	evs = append(evs, odd)
 	for _, ev := range evs {

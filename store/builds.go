@@ -26,7 +26,8 @@ type NewBuild struct {
 }
 
 const buildCols = `b.id, b.project_id, b.number, b.state, b.result, b.reason, b.ref, b.branch, b.sha,
-	b.author, b.author_email, b.message, b.triggered_by, b.cancel_requested, b.created_at, b.started_at, b.finished_at`
+	b.author, b.author_email, b.message, b.triggered_by, b.cancel_requested, b.created_at, b.started_at, b.finished_at,
+	b.compare_url, b.pusher`
 
 func scanBuild(row interface{ Scan(...any) error }, extra ...any) (builds.Build, error) {
 	var (
@@ -35,7 +36,8 @@ func scanBuild(row interface{ Scan(...any) error }, extra ...any) (builds.Build,
 		started, finished sql.NullInt64
 	)
 	dest := append([]any{&b.ID, &b.ProjectID, &b.Number, &b.State, &b.Result, &b.Reason, &b.Ref, &b.Branch, &b.SHA,
-		&b.Author, &b.AuthorEmail, &b.Message, &b.TriggeredBy, &b.CancelRequested, &created, &started, &finished}, extra...)
+		&b.Author, &b.AuthorEmail, &b.Message, &b.TriggeredBy, &b.CancelRequested, &created, &started, &finished,
+		&b.CompareURL, &b.Pusher}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		return b, err
 	}

@@ -281,6 +281,7 @@ func (s *DB) createBuildTx(ctx context.Context, tx *sql.Tx, nb PushBuild) (build
 	if err != nil {
 		return b, fmt.Errorf("insert build: %w", err)
 	}
+	b.CompareURL, b.Pusher = nb.CompareURL, nb.Pusher
 	return b, s.recordTransition(ctx, tx, "", b, proj)
 }
 

@@ -82,6 +82,9 @@ func TestForgeWebhooksEndToEnd(t *testing.T) {
 				b.AuthorEmail != "ann@example.com" || b.Message != "first commit from "+fc.name {
 				t.Fatalf("QUEUED event: %+v", b)
 			}
+			if b := evs[2].Build; b.Pusher == "" || (fc.name == "github" && b.CompareURL == "") {
+				t.Fatalf("push metadata missing from the FINISHED event: compare_url %q pusher %q", b.CompareURL, b.Pusher)
+			}
 
 			// Replayed, unsigned, tampered, wrongly signed: nothing built.
 			if m := deliver(t, c.base, fc.name, "app", fc.push(push, id(1), secret), 200); m["duplicate"] != true {
