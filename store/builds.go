@@ -183,6 +183,15 @@ func (s *DB) transitionTx(ctx context.Context, tx *sql.Tx, buildID int64, to bui
 // get the same build.
 func (s *DB) ClaimQueued(ctx context.Context) (builds.Build, error) {
 	var b builds.Build
+	// Idle workers ask every second: a plain read answers "nothing queued"
+	// without taking SQLite's write lock or starting a transaction.
+	var queued bool
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM builds WHERE state = ?)`), builds.Queued).Scan(&queued); err != nil {
+		return b, fmt.Errorf("claim build: %w", err)
+	}
+	if !queued {
+		return b, ErrNotFound
+	}
 	err := s.groupTx(ctx, func(tx *sql.Tx) error {
 		// Builds of projects that need runner labels wait for a remote
 		// runner (ClaimForRunner); the embedded runner has no labels.
