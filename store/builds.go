@@ -50,25 +50,9 @@ func scanBuild(row interface{ Scan(...any) error }, extra ...any) (builds.Build,
 func (s *DB) CreateBuild(ctx context.Context, nb NewBuild) (builds.Build, error) {
 	var b builds.Build
 	err := s.groupTx(ctx, func(tx *sql.Tx) error {
-		var proj builds.ProjectRef
-		err := s.prepared(tx, ctx).QueryRow(`UPDATE projects SET last_number = last_number + 1 WHERE id = ? RETURNING id, name, owner_id, last_number`,
-			nb.ProjectID).Scan(&proj.ID, &proj.Name, &proj.OwnerID, &b.Number)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("project %d: %w", nb.ProjectID, ErrNotFound)
-		}
-		if err != nil {
-			return fmt.Errorf("number build: %w", err)
-		}
-		b.ProjectID, b.State, b.Ref, b.Branch, b.SHA = nb.ProjectID, builds.Queued, nb.Ref, nb.Branch, nb.SHA
-		b.Author, b.AuthorEmail, b.Message, b.TriggeredBy = nb.Author, nb.AuthorEmail, nb.Message, nb.TriggeredBy
-		b.CreatedAt = s.now()
-		err = s.prepared(tx, ctx).QueryRow(`INSERT INTO builds (project_id, number, state, ref, branch, sha, author, author_email, message, triggered_by, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-			b.ProjectID, b.Number, b.State, b.Ref, b.Branch, b.SHA, b.Author, b.AuthorEmail, b.Message, b.TriggeredBy, ms(b.CreatedAt)).Scan(&b.ID)
-		if err != nil {
-			return fmt.Errorf("insert build: %w", err)
-		}
-		return s.recordTransition(ctx, tx, "", b, proj)
+		var err error
+		b, err = s.createBuildTx(ctx, tx, PushBuild{NewBuild: nb})
+		return err
 	})
 	if err != nil {
 		return builds.Build{}, fmt.Errorf("create build: %w", err)

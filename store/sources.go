@@ -256,8 +256,8 @@ func (s *DB) ingestTx(ctx context.Context, tx *sql.Tx, r PushRequest) (PushOutco
 	return out, nil
 }
 
-// createBuildTx is CreateBuild inside the caller's transaction, with the
-// push metadata columns.
+// createBuildTx queues a build inside the caller's transaction, with the
+// push metadata columns; CreateBuild uses it too.
 func (s *DB) createBuildTx(ctx context.Context, tx *sql.Tx, nb PushBuild) (builds.Build, error) {
 	var (
 		b    builds.Build
