@@ -15,6 +15,7 @@ import (
 
 	"github.com/buildbridge/buildbridge/builds/remote"
 	"github.com/buildbridge/buildbridge/builds/runner"
+	"github.com/buildbridge/buildbridge/store"
 )
 
 func init() { subcommands = append(subcommands, newRunnerCmd) }
@@ -112,12 +113,7 @@ func newRunnerTokenCmd() *cobra.Command {
 		Use:   "list",
 		Short: "List runners",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := openStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withStore(func(cmd *cobra.Command, _ []string, s *store.DB) error {
 			rs, err := s.Runners(cmd.Context())
 			if err != nil {
 				return err
@@ -135,26 +131,21 @@ func newRunnerTokenCmd() *cobra.Command {
 				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Name, strings.Join(r.Labels, ","), r.CreatedAt.Format("2006-01-02 15:04"), seen, revoked)
 			}
 			return w.Flush()
-		},
+		}),
 	}
 	addStoreFlags(list.Flags())
 	revoke := &cobra.Command{
 		Use:   "revoke ID|NAME",
 		Short: "Revoke a runner's token: it is refused at its next call and its builds are handed on",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withStore(func(cmd *cobra.Command, args []string, s *store.DB) error {
 			r, err := s.RevokeRunner(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "revoked runner %d (%s)\n", r.ID, r.Name)
 			return nil
-		},
+		}),
 	}
 	addStoreFlags(revoke.Flags())
 	cmd.AddCommand(create, list, revoke)
@@ -166,12 +157,7 @@ func newRunnerLabelsCmd() *cobra.Command {
 		Use:   "labels PROJECT [LABEL...]",
 		Short: "Set the labels a runner needs to run a project's builds (none: any runner, the embedded one too)",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withStore(func(cmd *cobra.Command, args []string, s *store.DB) error {
 			p, err := s.ProjectByName(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -189,7 +175,7 @@ func newRunnerLabelsCmd() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "project %s needs labels: %s\n", p.Name, strings.Join(got, ","))
 			return nil
-		},
+		}),
 	}
 	addStoreFlags(cmd.Flags())
 	return cmd

@@ -35,6 +35,19 @@ func openStore(cmd *cobra.Command) (*store.DB, error) {
 		Logger: slog.New(slog.DiscardHandler)})
 }
 
+// withStore makes a command's RunE that opens the store named by its
+// flags, runs fn with it and closes it.
+func withStore(fn func(cmd *cobra.Command, args []string, s *store.DB) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		s, err := openStore(cmd)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return fn(cmd, args, s)
+	}
+}
+
 func newUserCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "user", Short: "Manage users"}
 	add := &cobra.Command{
@@ -62,12 +75,7 @@ func newUserCmd() *cobra.Command {
 		Use:   "list",
 		Short: "List users",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := openStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withStore(func(cmd *cobra.Command, _ []string, s *store.DB) error {
 			users, err := s.ListUsers(cmd.Context())
 			if err != nil {
 				return err
@@ -78,7 +86,7 @@ func newUserCmd() *cobra.Command {
 				fmt.Fprintf(w, "%d\t%s\t%v\t%d\t%s\n", u.ID, u.Name, u.Admin, u.MaxChannels, u.CreatedAt.Format("2006-01-02 15:04"))
 			}
 			return w.Flush()
-		},
+		}),
 	}
 	addStoreFlags(list.Flags())
 	cmd.AddCommand(add, list)
@@ -107,12 +115,7 @@ func newTokenCmd() *cobra.Command {
 		Use:   "create --user NAME [--name LABEL]",
 		Short: "Create a token and print it (shown only this once) on stdout",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := openStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withStore(func(cmd *cobra.Command, _ []string, s *store.DB) error {
 			u, err := userOf(cmd, s)
 			if err != nil {
 				return err
@@ -124,19 +127,14 @@ func newTokenCmd() *cobra.Command {
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), plain)
 			return nil
-		},
+		}),
 	}
 	create.Flags().String("name", "", "a label for the token")
 	list := &cobra.Command{
 		Use:   "list --user NAME",
 		Short: "List a user's tokens (never their secrets)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := openStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withStore(func(cmd *cobra.Command, _ []string, s *store.DB) error {
 			u, err := userOf(cmd, s)
 			if err != nil {
 				return err
@@ -155,7 +153,7 @@ func newTokenCmd() *cobra.Command {
 				fmt.Fprintf(w, "%d\t%s\t%s…\t%s\t%s\n", t.ID, t.Name, t.Prefix, t.CreatedAt.Format("2006-01-02 15:04"), revoked)
 			}
 			return w.Flush()
-		},
+		}),
 	}
 	revoke := &cobra.Command{
 		Use:   "revoke --user NAME TOKEN_ID",
