@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import Pusher from 'pusher-js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const bin = process.env.BUILDBRIDGE_BIN || resolve(here, '../../bin/buildbridge');
@@ -121,4 +122,50 @@ export function makeRepo(buildFile) {
 
 export function readData(data, name) {
   return readFileSync(join(data, name), 'utf8').trim();
+}
+
+// connect opens a pusher-js connection configured from the channel info
+// (GET /api/v1/user/channel), as a client that hard-codes nothing would.
+export async function connect(base, token, info) {
+  const p = new Pusher(info.key, {
+    cluster: info.cluster,
+    wsHost: info.ws_host,
+    wsPort: info.ws_port,
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+    channelAuthorization: {
+      endpoint: base + info.auth_endpoint,
+      transport: 'ajax',
+      headers: { Authorization: `Bearer ${token}` },
+    },
+  });
+  await new Promise((ok, fail) => {
+    p.connection.bind('connected', ok);
+    p.connection.bind('failed', () => fail(new Error('connection failed')));
+  });
+  return p;
+}
+
+// subscribe resolves with the channel once subscribed, or rejects with the
+// subscription error in err.detail.
+export function subscribe(p, name) {
+  return new Promise((ok, fail) => {
+    const ch = p.subscribe(name);
+    ch.bind('pusher:subscription_succeeded', () => ok(ch));
+    ch.bind('pusher:subscription_error', (err) => {
+      p.unsubscribe(name);
+      fail(Object.assign(new Error(`subscription to ${name} refused: ${JSON.stringify(err)}`), { detail: err }));
+    });
+  });
+}
+
+// until polls fn every 20 ms until it holds or ms pass.
+export async function until(what, fn, ms = 20000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (fn()) return;
+    await sleep(20);
+  }
+  throw new Error(`timed out waiting for ${what}`);
 }

@@ -5,9 +5,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
-import Pusher from 'pusher-js';
 import nacl from 'tweetnacl';
-import { Hub, cli, tempDir, freePort, makeRepo, readData, sleep } from './harness.js';
+import { Hub, cli, tempDir, freePort, makeRepo, readData, sleep, connect, subscribe, until } from './harness.js';
 
 let hub, ann, bob, admin, repo, annToken, bobToken, adminToken, data;
 
@@ -29,53 +28,10 @@ after(async () => {
   repo?.cleanup();
 });
 
-// connect opens a pusher-js connection configured from the channel info,
-// exactly as a client that hard-codes nothing would.
-async function connect(token, info) {
-  const p = new Pusher(info.key, {
-    cluster: info.cluster,
-    wsHost: info.ws_host,
-    wsPort: info.ws_port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
-    channelAuthorization: {
-      endpoint: hub.base + info.auth_endpoint,
-      transport: 'ajax',
-      headers: { Authorization: `Bearer ${token}` },
-    },
-  });
-  await new Promise((ok, fail) => {
-    p.connection.bind('connected', ok);
-    p.connection.bind('failed', () => fail(new Error('connection failed')));
-  });
-  return p;
-}
-
-function subscribe(p, name) {
-  return new Promise((ok, fail) => {
-    const ch = p.subscribe(name);
-    ch.bind('pusher:subscription_succeeded', () => ok(ch));
-    ch.bind('pusher:subscription_error', (err) => {
-      p.unsubscribe(name);
-      fail(Object.assign(new Error(`subscription to ${name} refused: ${JSON.stringify(err)}`), { detail: err }));
-    });
-  });
-}
-
 function collect(ch, event) {
   const got = [];
   ch.bind(event, (d) => got.push(d));
   return got;
-}
-
-async function until(what, fn, ms = 20000) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (fn()) return;
-    await sleep(20);
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 test('channel info names the caller\'s channel and how to reach the server', async () => {
@@ -89,7 +45,7 @@ test('channel info names the caller\'s channel and how to reach the server', asy
 
 test('build-state-changed arrives QUEUED, STARTED, FINISHED for a build triggered through the API', async () => {
   const info = await ann.must(200, 'GET', '/api/v1/user/channel');
-  const p = await connect(annToken, info);
+  const p = await connect(hub.base, annToken, info);
   try {
     const ch = await subscribe(p, info.channel);
     const events = collect(ch, 'build-state-changed');
@@ -109,7 +65,7 @@ test('build-state-changed arrives QUEUED, STARTED, FINISHED for a build triggere
 test('another user\'s channel is refused by the auth endpoint', async () => {
   const annInfo = await ann.must(200, 'GET', '/api/v1/user/channel');
   const bobInfo = await bob.must(200, 'GET', '/api/v1/user/channel');
-  const p = await connect(bobToken, bobInfo);
+  const p = await connect(hub.base, bobToken, bobInfo);
   try {
     await assert.rejects(subscribe(p, annInfo.channel), (err) => err.detail?.status === 403);
     // And nothing leaks: bob still gets his own channel.
@@ -126,8 +82,8 @@ test('the open-channel limit is enforced across connections and freed on disconn
     info = await ann.must(200, 'GET', '/api/v1/user/channel');
   }
   assert.equal(info.open_channels, 0);
-  const a = await connect(annToken, info);
-  const b = await connect(annToken, info);
+  const a = await connect(hub.base, annToken, info);
+  const b = await connect(hub.base, annToken, info);
   try {
     await subscribe(a, info.channel);
     await subscribe(a, info.encrypted_channel);
@@ -159,8 +115,8 @@ test('the open-channel limit is enforced across connections and freed on disconn
 test('presence members join and leave', async () => {
   const annInfo = await ann.must(200, 'GET', '/api/v1/user/channel');
   const adminInfo = await admin.must(200, 'GET', '/api/v1/user/channel');
-  const a = await connect(annToken, annInfo);
-  const r = await connect(adminToken, adminInfo);
+  const a = await connect(hub.base, annToken, annInfo);
+  const r = await connect(hub.base, adminToken, adminInfo);
   try {
     const ch = await subscribe(a, 'presence-project-app');
     const added = [], removed = [];
@@ -180,8 +136,8 @@ test('presence members join and leave', async () => {
 
 test('client events reach other members and are not echoed', async () => {
   const info = await ann.must(200, 'GET', '/api/v1/user/channel');
-  const a = await connect(annToken, info);
-  const b = await connect(annToken, info);
+  const a = await connect(hub.base, annToken, info);
+  const b = await connect(hub.base, annToken, info);
   try {
     const cha = await subscribe(a, 'presence-project-app');
     const chb = await subscribe(b, 'presence-project-app');
@@ -200,7 +156,7 @@ test('client events reach other members and are not echoed', async () => {
 
 test('an encrypted channel is decrypted by pusher-js', async () => {
   const info = await ann.must(200, 'GET', '/api/v1/user/channel');
-  const p = await connect(annToken, info);
+  const p = await connect(hub.base, annToken, info);
   try {
     const ch = await subscribe(p, info.encrypted_channel);
     const got = collect(ch, 'secret-news');
@@ -237,7 +193,7 @@ async function signedPost(path, body) {
 
 test('pusher-js reconnects after the server restarts and events flow again', async () => {
   const info = await ann.must(200, 'GET', '/api/v1/user/channel');
-  const p = await connect(annToken, info);
+  const p = await connect(hub.base, annToken, info);
   try {
     const ch = await subscribe(p, info.channel);
     const events = collect(ch, 'build-state-changed');

@@ -4,8 +4,7 @@
 // hub on private-system.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import Pusher from 'pusher-js';
-import { Hub, cli, tempDir, freePort, sleep } from './harness.js';
+import { Hub, cli, tempDir, freePort, sleep, connect, subscribe, until } from './harness.js';
 
 const interval = 400; // ms: usage.api_usage_interval and usage.system_interval
 const limit = 100;
@@ -28,52 +27,11 @@ after(async () => {
   await hub?.stop();
 });
 
-async function connect(token, info) {
-  const p = new Pusher(info.key, {
-    cluster: info.cluster,
-    wsHost: info.ws_host,
-    wsPort: info.ws_port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
-    channelAuthorization: {
-      endpoint: hub.base + info.auth_endpoint,
-      transport: 'ajax',
-      headers: { Authorization: `Bearer ${token}` },
-    },
-  });
-  await new Promise((ok, fail) => {
-    p.connection.bind('connected', ok);
-    p.connection.bind('failed', () => fail(new Error('connection failed')));
-  });
-  return p;
-}
-
-function subscribe(p, name) {
-  return new Promise((ok, fail) => {
-    const ch = p.subscribe(name);
-    ch.bind('pusher:subscription_succeeded', () => ok(ch));
-    ch.bind('pusher:subscription_error', (err) => {
-      p.unsubscribe(name);
-      fail(Object.assign(new Error(`subscription to ${name} refused: ${JSON.stringify(err)}`), { detail: err }));
-    });
-  });
-}
-
-async function until(what, fn, ms = 15000) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (fn()) return;
-    await sleep(20);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 const sum = (events, key) => events.reduce((n, e) => n + e.data[key], 0);
 
 test('api-usage arrives with the counts of a burst of requests, and nothing while idle', async () => {
   const info = await ann.must(200, 'GET', '/api/v1/user/channel'); // 2nd request in this window
-  const p = await connect(annToken, info);
+  const p = await connect(hub.base, annToken, info);
   try {
     const ch = await subscribe(p, info.channel);
     const events = [];
@@ -118,7 +76,7 @@ test('api-usage arrives with the counts of a burst of requests, and nothing whil
 
 test('private-system: refused to a non-admin, figures every few seconds for an admin', async () => {
   const annInfo = await ann.must(200, 'GET', '/api/v1/user/channel');
-  const a = await connect(annToken, annInfo);
+  const a = await connect(hub.base, annToken, annInfo);
   try {
     await assert.rejects(subscribe(a, 'private-system'), (err) => err.detail?.status === 403);
     const r = await fetch(hub.base + annInfo.auth_endpoint, {
@@ -133,7 +91,7 @@ test('private-system: refused to a non-admin, figures every few seconds for an a
   }
 
   const info = await admin.must(200, 'GET', '/api/v1/user/channel');
-  const p = await connect(adminToken, info);
+  const p = await connect(hub.base, adminToken, info);
   try {
     const ch = await subscribe(p, 'private-system');
     const figures = [];
