@@ -44,6 +44,12 @@ type Config struct {
 	Logger   *slog.Logger
 	// Now is the clock; tests replace it.
 	Now func() time.Time
+	// CheckpointDelay (SQLite) moves WAL checkpoints off the commit path:
+	// a background goroutine checkpoints this long after the first commit
+	// since its last run, instead of the commit that crosses SQLite's
+	// threshold doing it while other writers wait. Default 100ms; negative
+	// leaves checkpoints to SQLite.
+	CheckpointDelay time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -58,6 +64,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.CheckpointDelay == 0 {
+		c.CheckpointDelay = 100 * time.Millisecond
 	}
 }
 
@@ -87,6 +96,8 @@ type DB struct {
 	closing   context.Context
 	stopPrep  context.CancelFunc
 	preparing sync.WaitGroup
+	// checkpoints is the background WAL checkpointer (SQLite), or nil.
+	checkpoints *checkpointer
 
 	// group commit of transitions, see groupTx.
 	groupMu      sync.Mutex
@@ -105,7 +116,7 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	s.closing, s.stopPrep = context.WithCancel(context.Background())
 	var err error
 	if s.postgres {
-		s.db, err = openCounted("pgx", cfg.Postgres, &s.queries)
+		s.db, err = openCounted("pgx", cfg.Postgres, &s.queries, nil)
 	} else {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("store: create data directory: %w", err)
@@ -116,7 +127,13 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		dsn := "file:" + filepath.Join(cfg.DataDir, "buildbridge.db") +
 			"?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(10000)" +
 			"&_pragma=foreign_keys(ON)&_txlock=immediate"
-		s.db, err = openCounted("sqlite", dsn, &s.queries)
+		var onCommit func()
+		if cfg.CheckpointDelay > 0 {
+			s.checkpoints = newCheckpointer(s, cfg.CheckpointDelay)
+			onCommit = s.checkpoints.committed
+			dsn += "&_pragma=wal_autocheckpoint(" + strconv.Itoa(walFallbackPages) + ")"
+		}
+		s.db, err = openCounted("sqlite", dsn, &s.queries, onCommit)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
@@ -130,6 +147,9 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	if err := s.migrate(ctx); err != nil {
 		s.db.Close()
 		return nil, err
+	}
+	if s.checkpoints != nil {
+		go s.checkpoints.run(s.closing)
 	}
 	return s, nil
 }
@@ -191,6 +211,9 @@ func (s *DB) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 func (s *DB) Close() error {
 	s.stopPrep()
 	s.preparing.Wait()
+	if s.checkpoints != nil {
+		<-s.checkpoints.done
+	}
 	s.stmts.Range(func(_, v any) bool {
 		if st := v.(*sql.Stmt); st != nil {
 			st.Close()

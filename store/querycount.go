@@ -20,7 +20,9 @@ func (s *DB) Queries() uint64 { return s.queries.Load() }
 // Counting in the driver, under database/sql, means no store method can
 // bypass it: plain queries, transactions and prepared statements all end
 // up here.
-func openCounted(driverName, dsn string, n *atomic.Uint64) (*sql.DB, error) {
+//
+// onCommit, when not nil, is called after every committed transaction.
+func openCounted(driverName, dsn string, n *atomic.Uint64, onCommit func()) (*sql.DB, error) {
 	db, err := sql.Open(driverName, dsn) // connects to nothing yet
 	if err != nil {
 		return nil, err
@@ -33,7 +35,7 @@ func openCounted(driverName, dsn string, n *atomic.Uint64) (*sql.DB, error) {
 			return nil, err
 		}
 	}
-	return sql.OpenDB(countingConnector{Connector: c, n: n}), nil
+	return sql.OpenDB(countingConnector{Connector: c, n: n, onCommit: onCommit}), nil
 }
 
 // dsnConnector is the connector of a driver without one of its own.
@@ -47,7 +49,8 @@ func (c dsnConnector) Driver() driver.Driver                        { return c.d
 
 type countingConnector struct {
 	driver.Connector
-	n *atomic.Uint64
+	n        *atomic.Uint64
+	onCommit func()
 }
 
 func (c countingConnector) Connect(ctx context.Context) (driver.Conn, error) {
@@ -55,7 +58,7 @@ func (c countingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countingConn{c: conn, n: c.n}, nil
+	return &countingConn{c: conn, n: c.n, onCommit: c.onCommit}, nil
 }
 
 // Close closes the wrapped connector when it holds resources.
@@ -70,8 +73,9 @@ func (c countingConnector) Close() error {
 // offers each optional interface database/sql looks for, answering as
 // database/sql itself would when the driver lacks it.
 type countingConn struct {
-	c driver.Conn
-	n *atomic.Uint64
+	c        driver.Conn
+	n        *atomic.Uint64
+	onCommit func()
 }
 
 func (c *countingConn) Prepare(query string) (driver.Stmt, error) {
@@ -101,13 +105,35 @@ func (c *countingConn) Begin() (driver.Tx, error) {
 }
 
 func (c *countingConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	var (
+		tx  driver.Tx
+		err error
+	)
 	if b, ok := c.c.(driver.ConnBeginTx); ok {
-		return b.BeginTx(ctx, opts)
-	}
-	if opts.ReadOnly || opts.Isolation != 0 {
+		tx, err = b.BeginTx(ctx, opts)
+	} else if opts.ReadOnly || opts.Isolation != 0 {
 		return nil, errors.New("store: driver supports no transaction options")
+	} else {
+		tx, err = c.c.Begin()
 	}
-	return c.c.Begin()
+	if err != nil || c.onCommit == nil || opts.ReadOnly {
+		return tx, err
+	}
+	return committedTx{Tx: tx, onCommit: c.onCommit}, nil
+}
+
+// committedTx tells onCommit about each successful commit.
+type committedTx struct {
+	driver.Tx
+	onCommit func()
+}
+
+func (t committedTx) Commit() error {
+	if err := t.Tx.Commit(); err != nil {
+		return err
+	}
+	t.onCommit()
+	return nil
 }
 
 func (c *countingConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {

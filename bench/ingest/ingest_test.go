@@ -13,7 +13,7 @@ import (
 // committed in SQLite, per signed push. `go run ./bench/ingest` measures
 // the same over loopback HTTP, with latency percentiles.
 func BenchmarkSignedGitHubPush(b *testing.B) {
-	r, err := newRig(context.Background(), b.TempDir())
+	r, err := newRig(context.Background(), b.TempDir(), 0)
 	if err != nil {
 		b.Fatal(err)
 	}

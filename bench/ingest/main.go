@@ -21,7 +21,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha1"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -56,7 +55,7 @@ func main() {
 	dir := flag.String("dir", "", "data directory for the SQLite store (default: a new temporary one)")
 	maxTime := flag.Duration("max", 2*time.Minute, "stop sending after this long")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	bgCheckpoint := flag.Duration("bg-checkpoint", 0, "experiment: turn SQLite's automatic checkpoints (run by the committing connection) off and checkpoint from a background goroutine at this interval")
+	checkpointDelay := flag.Duration("checkpoint-delay", 0, "store.Config.CheckpointDelay: background WAL checkpoints this long after a commit (0: the store's default; negative: SQLite's own, inside the commit that crosses its threshold)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -70,7 +69,7 @@ func main() {
 	if *rate > 0 && *conc < 64 {
 		*conc = 64
 	}
-	if err := run(*n, *conc, *rate, *replays, *dir, *maxTime, *bgCheckpoint); err != nil {
+	if err := run(*n, *conc, *rate, *replays, *dir, *maxTime, *checkpointDelay); err != nil {
 		fmt.Fprintln(os.Stderr, "ingest:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
@@ -92,9 +91,9 @@ type rig struct {
 	reg     *prometheus.Registry
 }
 
-func newRig(ctx context.Context, dir string) (*rig, error) {
+func newRig(ctx context.Context, dir string, checkpointDelay time.Duration) (*rig, error) {
 	quiet := slog.New(slog.DiscardHandler)
-	s, err := store.Open(ctx, store.Config{DataDir: dir, Logger: quiet})
+	s, err := store.Open(ctx, store.Config{DataDir: dir, Logger: quiet, CheckpointDelay: checkpointDelay})
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +140,7 @@ func (r *rig) delivery(i int) forgetest.Delivery {
 	}, fmt.Sprintf("72d3162e-cc78-11e3-81ab-%012d", i), r.secret)
 }
 
-func run(n, conc int, rate float64, replays int, dir string, maxTime, bgCheckpoint time.Duration) error {
+func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpointDelay time.Duration) error {
 	ctx := context.Background()
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "bench-ingest")
@@ -151,18 +150,11 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, bgCheckpoi
 		defer os.RemoveAll(tmp)
 		dir = tmp
 	}
-	r, err := newRig(ctx, dir)
+	r, err := newRig(ctx, dir, checkpointDelay)
 	if err != nil {
 		return err
 	}
 	defer r.store.Close()
-	if bgCheckpoint > 0 {
-		stop, err := backgroundCheckpoints(ctx, r.store.SQL(), bgCheckpoint)
-		if err != nil {
-			return err
-		}
-		defer stop()
-	}
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -369,40 +361,4 @@ func (c *conn) do(raw []byte) (int, error) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode, nil
-}
-
-// backgroundCheckpoints turns automatic checkpoints off on every pooled
-// connection (the pool keeps them all idle) and checkpoints from a
-// goroutine instead, so no commit pays for one. stop ends the goroutine
-// and waits for it.
-func backgroundCheckpoints(ctx context.Context, db *sql.DB, every time.Duration) (stop func(), err error) {
-	var conns []*sql.Conn
-	for range 8 { // store.Config's default MaxOpenConns for SQLite
-		c, err := db.Conn(ctx)
-		if err != nil {
-			return nil, err
-		}
-		conns = append(conns, c)
-		if _, err := c.ExecContext(ctx, `PRAGMA wal_autocheckpoint = 0`); err != nil {
-			return nil, err
-		}
-	}
-	for _, c := range conns {
-		c.Close()
-	}
-	done, quit := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-t.C:
-				db.ExecContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`)
-			}
-		}
-	}()
-	return func() { close(quit); <-done }, nil
 }
