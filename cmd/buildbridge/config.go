@@ -49,6 +49,7 @@ type Config struct {
 
 	LogLevel  string `yaml:"log_level" help:"debug, info, warn or error"`
 	LogFormat string `yaml:"log_format" help:"json or text"`
+	DebugAddr string `yaml:"debug_addr" help:"loopback host:port serving Go's /debug/pprof profiles; empty: none"`
 
 	Realtime   RealtimeConfig   `yaml:"realtime"`
 	Deliveries DeliveriesConfig `yaml:"deliveries"`
@@ -122,6 +123,14 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		bad("addr", "%q is not host:port (%v)", c.Addr, err)
+	}
+	if c.DebugAddr != "" {
+		if host, _, err := net.SplitHostPort(c.DebugAddr); err != nil {
+			bad("debug_addr", "%q is not host:port (%v)", c.DebugAddr, err)
+		} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			// Profiles show memory contents and cost CPU: never on the network.
+			bad("debug_addr", "%q is not a loopback address", c.DebugAddr)
+		}
 	}
 	if c.Data == "" && c.Postgres == "" {
 		bad("data", "a data directory is required")
