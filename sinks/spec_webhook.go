@@ -14,9 +14,10 @@ var Webhook = Type{
 	ContentType: "application/json",
 	Settings: []Setting{
 		{Name: "url", Kind: KindURL, Required: true, Doc: "endpoint URL (http or https)"},
-		{Name: "secret", Kind: KindSecret, Required: true, Doc: "signing secret: whsec_ followed by base64"},
+		{Name: "secret", Kind: KindSecret, Doc: "signing secret: whsec_ followed by base64; when absent, the hub generates one " +
+			"(an admin fetches it once with POST /api/v1/sinks/{name}/secret)"},
 		{Name: "headers", Kind: KindStringMap, Doc: "extra request headers"},
-		{Name: "timeout", Kind: KindDuration, Default: "10s", Doc: "time allowed for one attempt"},
+		{Name: "timeout", Kind: KindDuration, Default: "15s", Doc: "time allowed for one attempt"},
 		{Name: "content_type", Kind: KindString, Override: true, Param: true, Default: "application/json",
 			Doc: "Content-Type of the body"},
 		{Name: "template", Kind: KindTemplate, Role: RoleBody, Override: true, Default: "{{json .Event}}",
@@ -33,7 +34,9 @@ var reservedHeaders = []string{"webhook-id", "webhook-timestamp", "webhook-signa
 
 func checkWebhook(c *Config) []*ConfigError {
 	var errs []*ConfigError
-	if v := c.Value("secret"); !v.Unresolved() {
+	// Without a secret the hub generates one when it loads the sink (see
+	// sinks/webhook.Secrets): a file without one is valid.
+	if v := c.Value("secret"); c.IsSet("secret") && !v.Unresolved() {
 		raw, ok := strings.CutPrefix(v.Secret().Reveal(), "whsec_")
 		if b, err := base64.StdEncoding.DecodeString(raw); !ok || err != nil || len(b) < 16 {
 			errs = append(errs, c.Errorf("secret", "must be whsec_ followed by the base64 of at least 16 bytes (value not shown)"))

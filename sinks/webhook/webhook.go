@@ -5,7 +5,8 @@
 // receivers can verify it with any of that specification's libraries.
 //
 // During a secret rotation (previous_secret set) every message carries
-// both signatures. Redirects are not followed, TLS certificates are
+// both signatures. A sink configured without a secret signs with the one
+// the hub generated for it (Secrets), rotated through the API. Redirects are not followed, TLS certificates are
 // verified, response bodies are read up to a cap, and the destination is
 // checked at dial time by a Guard, so that a webhook cannot reach the
 // server's own network unless an allow-list permits it.
@@ -54,6 +55,9 @@ var Type = func() sinks.Type {
 		if spec != nil {
 			errs = spec(c)
 		}
+		if c.IsSet(SettingPreviousSecret) && !c.IsSet("secret") {
+			errs = append(errs, c.Errorf(SettingPreviousSecret, "needs secret: a generated secret is rotated with POST /api/v1/sinks/{name}/secret instead"))
+		}
 		if v := c.Value(SettingPreviousSecret); c.IsSet(SettingPreviousSecret) && !v.Unresolved() {
 			if _, err := ParseSecret(v.Secret().Reveal()); err != nil {
 				errs = append(errs, c.Errorf(SettingPreviousSecret, "must be whsec_ followed by the base64 of at least 16 bytes (value not shown)"))
@@ -81,6 +85,9 @@ type Options struct {
 	UserAgent string
 	// Now is the clock of webhook-timestamp (default time.Now).
 	Now func() time.Time
+	// Secrets gives the sinks configured without a secret the one the
+	// hub generated for them; without it such a sink cannot be made.
+	Secrets *Secrets
 }
 
 func (o *Options) setDefaults() {
@@ -103,10 +110,18 @@ func (o *Options) Validate() error {
 	return nil
 }
 
+// loadTimeout bounds the store calls that give a sink its generated
+// secret when it is made: the engine makes sinks without a context (on
+// a rules reload too), and a slow store must not hold that up; a sink
+// whose secret could not be read then reads it on its first message.
+const loadTimeout = 5 * time.Second
+
 // Sink posts deliveries to one URL.
 type Sink struct {
+	name    string
 	url     string
-	keys    [][]byte // current secret first
+	keys    [][]byte // the rules' secrets, current first; nil: secrets gives them
+	secrets *Secrets
 	headers http.Header
 	timeout time.Duration
 	opts    Options
@@ -124,7 +139,7 @@ func NewSink(c *sinks.Config, opts Options) (*Sink, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Sink{url: c.Text("url"), timeout: c.Duration("timeout"), opts: opts, headers: http.Header{}}
+	s := &Sink{name: c.Name, url: c.Text("url"), timeout: c.Duration("timeout"), opts: opts, headers: http.Header{}}
 	if u, err := url.Parse(s.url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, errors.New("url: not an absolute http(s) URL")
 	}
@@ -139,7 +154,17 @@ func NewSink(c *sinks.Config, opts Options) (*Sink, error) {
 		s.keys = append(s.keys, key)
 	}
 	if len(s.keys) == 0 {
-		return nil, errors.New("secret: required")
+		if opts.Secrets == nil {
+			return nil, errors.New("secret: not in the rules, and no store to keep a generated one")
+		}
+		s.secrets = opts.Secrets
+		ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
+		err := s.secrets.Load(ctx, s.name)
+		cancel()
+		if err != nil {
+			opts.Secrets.cfg.Logger.Warn("webhook sink: its generated secret is not available yet; reading it again on the first message",
+				"sink", s.name, "err", err)
+		}
 	}
 	for k, v := range c.Map("headers") {
 		s.headers.Set(k, v)
@@ -176,6 +201,13 @@ func (s *Sink) Deliver(ctx context.Context, d sinks.Delivery) error {
 // rest temporary with Retry-After honoured; a refused destination
 // address is permanent, network errors and timeouts temporary.
 func (s *Sink) Send(ctx context.Context, a delivery.Attempt) (delivery.Response, error) {
+	keys := s.keys
+	if s.secrets != nil {
+		var err error
+		if keys, err = s.secrets.Keys(ctx, s.name); err != nil {
+			return delivery.Response{}, err // temporary: the store comes back
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	d := &a.Delivery
@@ -198,7 +230,7 @@ func (s *Sink) Send(ctx context.Context, a delivery.Attempt) (delivery.Response,
 	req.Header.Set("User-Agent", s.opts.UserAgent)
 	req.Header.Set(HeaderID, a.ID)
 	req.Header.Set(HeaderTimestamp, fmt.Sprint(now.Unix()))
-	req.Header.Set(HeaderSignature, Sign(s.keys, a.ID, now, d.Body))
+	req.Header.Set(HeaderSignature, Sign(keys, a.ID, now, d.Body))
 	resp, err := s.client.Do(req)
 	if err != nil {
 		if errors.Is(err, ErrForbiddenAddress) {
