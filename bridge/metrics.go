@@ -11,10 +11,16 @@ type relayMetrics struct {
 	publishErrors prometheus.Counter
 	errors        *prometheus.CounterVec
 	batch         prometheus.Histogram
+	acquired      prometheus.Counter
 }
 
-func newRelayMetrics(reg prometheus.Registerer, backlog func() float64) (relayMetrics, error) {
+func newRelayMetrics(reg prometheus.Registerer, node string, backlog, leading func() float64) (relayMetrics, error) {
 	m := relayMetrics{
+		acquired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "buildbridge_relay_lock_acquired_total",
+			Help:        "Times this node's relay took the shared outbox lock (PostgreSQL).",
+			ConstLabels: prometheus.Labels{"node": node},
+		}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "buildbridge_relay_published_total",
 			Help: "Outbox rows published and acknowledged by the bus.",
@@ -25,7 +31,7 @@ func newRelayMetrics(reg prometheus.Registerer, backlog func() float64) (relayMe
 		}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "buildbridge_relay_outbox_errors_total",
-			Help: "Failed outbox reads and deletes.",
+			Help: "Failed outbox reads, deletes, waits and lock attempts.",
 		}, []string{"op"}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "buildbridge_relay_batch_seconds",
@@ -40,7 +46,12 @@ func newRelayMetrics(reg prometheus.Registerer, backlog func() float64) (relayMe
 		Name: "buildbridge_relay_pending",
 		Help: "Rows the relay last read and has not yet deleted.",
 	}, backlog)
-	return m, register(reg, m.published, m.publishErrors, m.errors, m.batch, pending)
+	leader := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "buildbridge_relay_leader",
+		Help:        "1 while this node's relay publishes the outbox; 0 while it stands by (another node holds the shared outbox lock) or is stopped.",
+		ConstLabels: prometheus.Labels{"node": node},
+	}, leading)
+	return m, register(reg, m.published, m.publishErrors, m.errors, m.batch, pending, leader, m.acquired)
 }
 
 type bridgeMetrics struct {
