@@ -46,13 +46,17 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	if err != nil {
 		return fmt.Errorf("rules (setting rules):\n%w", err)
 	}
+	secrets, err := mountSinkSecrets(h, mgr)
+	if err != nil {
+		return err
+	}
 	d := &deliveries{h: h, rules: mgr}
 	h.emit = d.emit
 	d.engine, err = delivery.New(delivery.Config{
 		Store: h.store, Emit: d.emit, Logger: h.log, Registerer: h.reg,
 		NewSink: func(c *sinks.Config) (sinks.Sink, error) {
 			if c.Type == webhook.Type.Name {
-				return webhook.NewSink(c, webhook.Options{Allow: allow, UserAgent: "buildbridge-webhook/" + version})
+				return webhook.NewSink(c, webhook.Options{Allow: allow, UserAgent: "buildbridge-webhook/" + version, Secrets: secrets})
 			}
 			return sinks.New(c)
 		},
