@@ -20,7 +20,8 @@ type CapWriter struct {
 	mu      sync.Mutex
 	w       io.Writer
 	head    int64 // bytes that pass through at once
-	ring    []byte
+	ring    []byte // grows up to size as the tail comes: most logs never reach the cap
+	size    int    // the most bytes ring keeps
 	start   int   // index of the oldest byte in ring once it is full
 	full    bool  // ring has wrapped
 	total   int64 // bytes given to Write
@@ -36,7 +37,7 @@ func NewCapWriter(w io.Writer, max int64) *CapWriter {
 	c := &CapWriter{w: w, head: -1, lastNL: true}
 	if max > 0 {
 		c.head = max / 2
-		c.ring = make([]byte, 0, max-c.head)
+		c.size = int(max - c.head)
 	}
 	return c
 }
@@ -83,7 +84,7 @@ func (c *CapWriter) pass(p []byte) {
 
 // keep appends p to the tail ring, dropping its oldest bytes when full.
 func (c *CapWriter) keep(p []byte) {
-	size := cap(c.ring)
+	size := c.size
 	if size == 0 || len(p) == 0 {
 		return
 	}

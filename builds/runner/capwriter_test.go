@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -132,5 +133,20 @@ func TestCapWriterUnderlyingError(t *testing.T) {
 	}
 	if err := c.Close(); err == nil || !strings.Contains(err.Error(), "store is down") {
 		t.Errorf("Close = %v", err)
+	}
+}
+
+// BenchmarkCapWriterSmallLog is a typical build: a few KiB of log under
+// the default 4 MiB cap. The tail ring is only allocated as bytes reach
+// it, so such a build allocates nothing for it.
+func BenchmarkCapWriterSmallLog(b *testing.B) {
+	line := []byte("ok  \tgithub.com/example/project/pkg\t0.123s\n")
+	b.ReportAllocs()
+	for b.Loop() {
+		c := NewCapWriter(io.Discard, 4<<20)
+		for range 100 {
+			c.Write(line)
+		}
+		c.Close()
 	}
 }
