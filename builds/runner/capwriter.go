@@ -19,14 +19,14 @@ import (
 type CapWriter struct {
 	mu      sync.Mutex
 	w       io.Writer
-	head    int64 // bytes that pass through at once
+	head    int64  // bytes that pass through at once
 	ring    []byte // grows up to size as the tail comes: most logs never reach the cap
 	size    int    // the most bytes ring keeps
-	start   int   // index of the oldest byte in ring once it is full
-	full    bool  // ring has wrapped
-	total   int64 // bytes given to Write
-	written int64 // bytes written to w
-	lastNL  bool  // the last byte written to w was a newline
+	start   int    // index of the oldest byte in ring once it is full
+	full    bool   // ring has wrapped
+	total   int64  // bytes given to Write
+	written int64  // bytes written to w
+	lastNL  bool   // the last byte written to w was a newline
 	err     error
 	closed  bool
 }
