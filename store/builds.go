@@ -164,8 +164,16 @@ func (s *DB) transitionTx(ctx context.Context, tx *sql.Tx, buildID int64, to bui
 
 // ClaimQueued moves the oldest queued build to STARTED and returns it, or
 // ErrNotFound when none is queued. The move is the claim: two callers never
-// get the same build.
+// get the same build. The build names no node: recovery on any node takes
+// it back (ClaimQueuedOn names one).
 func (s *DB) ClaimQueued(ctx context.Context) (builds.Build, error) {
+	return s.ClaimQueuedOn(ctx, "")
+}
+
+// ClaimQueuedOn is ClaimQueued for the embedded runner of a node: the
+// build records the node, so that recovery elsewhere leaves it alone while
+// the node's lease (RenewNode) is current.
+func (s *DB) ClaimQueuedOn(ctx context.Context, node string) (builds.Build, error) {
 	var b builds.Build
 	// Idle workers ask every second: a plain read answers "nothing queued"
 	// without taking SQLite's write lock or starting a transaction.
@@ -192,7 +200,15 @@ func (s *DB) ClaimQueued(ctx context.Context) (builds.Build, error) {
 			return fmt.Errorf("claim build: %w", err)
 		}
 		b, err = s.transitionTx(ctx, tx, id, builds.Started, nil)
-		return err
+		if err != nil {
+			return err
+		}
+		// Every claim writes the column, so a build re-queued and claimed
+		// again never keeps the node of an earlier claim.
+		if _, err := s.prepared(tx, ctx).Exec(`UPDATE builds SET node = ? WHERE id = ?`, sql.NullString{String: node, Valid: node != ""}, id); err != nil {
+			return fmt.Errorf("claim build: record node: %w", err)
+		}
+		return nil
 	})
 	if err != nil {
 		return builds.Build{}, err

@@ -2,16 +2,27 @@
 // them to a runner, streams their logs into the store and records each
 // transition. It also recovers builds a crash left STARTED, and cancels
 // running builds on request.
+//
+// Several hub nodes may share one store (PostgreSQL). Each queue is a node
+// with a lease in the store that it renews every NodeTTL/4; the builds it
+// claims name it. Recovery, at start and every NodeTTL/4 after, takes back
+// only builds whose node's lease has expired (or that name no node), so a
+// node starting up never touches what a live node runs, and the builds of
+// a node that died are taken back by the others about NodeTTL later.
 package queue
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,6 +55,15 @@ type Config struct {
 	// Requeue re-queues interrupted builds instead of finishing them as
 	// errored, both at start-up recovery and at shutdown.
 	Requeue bool
+	// Node names this queue's node in the store: the builds it claims
+	// record it. It must differ between the processes sharing a store.
+	// Default: the host name and a random suffix, new at every start.
+	Node string
+	// NodeTTL is how long the node's lease lasts without renewal; it is
+	// renewed, and other nodes' expired builds are recovered, every
+	// NodeTTL/4. A node that dies has its builds recovered about NodeTTL
+	// later. Default 10s.
+	NodeTTL time.Duration
 	// BuildURL prefixes a build id to make its link (BUILDBRIDGE_BUILD_URL).
 	BuildURL string
 	// OnLog, when set, sees every log chunk as it is stored (the realtime
@@ -66,6 +86,12 @@ func (c *Config) setDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 30 * time.Second
 	}
+	if c.Node == "" {
+		c.Node = DefaultNode()
+	}
+	if c.NodeTTL == 0 {
+		c.NodeTTL = 10 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -84,8 +110,24 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("queue: PollInterval must be ≥ 10ms, got %s", c.PollInterval)
 	case c.ShutdownGrace < 0:
 		return errors.New("queue: ShutdownGrace must not be negative")
+	case len(c.Node) > 200:
+		return fmt.Errorf("queue: Node must be at most 200 bytes, got %d", len(c.Node))
+	case c.NodeTTL < 100*time.Millisecond:
+		return fmt.Errorf("queue: NodeTTL must be ≥ 100ms, got %s", c.NodeTTL)
 	}
 	return nil
+}
+
+// DefaultNode is a node id for this process: the host name and a random
+// suffix, so that two processes on one host, or a restart, never share it.
+func DefaultNode() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "node"
+	}
+	var raw [4]byte
+	rand.Read(raw[:])
+	return host + "-" + hex.EncodeToString(raw[:])
 }
 
 // Queue runs builds. Create it with New and start it with Run.
@@ -97,15 +139,21 @@ type Queue struct {
 	running map[int64]context.CancelCauseFunc
 	off     bool // DisableWorkers was called
 
-	depth   prometheus.GaugeFunc
-	active  prometheus.Gauge
-	results *prometheus.CounterVec
+	// renewed is when the node's lease was last renewed (unix ns): workers
+	// claim builds only while it is fresh.
+	renewed atomic.Int64
+
+	active    prometheus.Gauge
+	results   *prometheus.CounterVec
+	recovered *prometheus.CounterVec
 }
 
-// errCanceled and errShutdown tell a runner's context why it ended.
+// errCanceled, errShutdown and errLeaseLost tell a runner's context why it
+// ended.
 var (
-	errCanceled = errors.New("canceled on request")
-	errShutdown = errors.New("server shutting down")
+	errCanceled  = errors.New("canceled on request")
+	errShutdown  = errors.New("server shutting down")
+	errLeaseLost = errors.New("another node took the build back: this node's lease had expired")
 )
 
 // New makes a queue.
@@ -118,8 +166,10 @@ func New(cfg Config) (*Queue, error) {
 	q.active = prometheus.NewGauge(prometheus.GaugeOpts{Name: "buildbridge_builds_running", Help: "Builds running on this node."})
 	q.results = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "buildbridge_builds_finished_total",
 		Help: "Builds finished on this node, by result."}, []string{"result"})
+	q.recovered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "buildbridge_builds_recovered_total",
+		Help: "Interrupted builds this node took back (their node stopped or lost its lease), by outcome: errored or requeued."}, []string{"outcome"})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{q.active, q.results} {
+		for _, c := range []prometheus.Collector{q.active, q.results, q.recovered} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("queue metrics: %w", err)
 			}
@@ -147,46 +197,68 @@ func (q *Queue) Cancel(buildID int64) {
 	}
 }
 
-// Recover deals with builds a crash left STARTED, except those a remote
-// runner holds a lease on (the lease reaper judges those): they finish as
-// errored with a reason, or are re-queued when Requeue is set. Call it
-// once before Run, on the only node whose embedded runner runs builds.
+// Node is the id this queue's builds record.
+func (q *Queue) Node() string { return q.cfg.Node }
+
+// Recover deals with builds a crash left STARTED: they finish as errored
+// with a reason, or are re-queued when Requeue is set. It leaves alone the
+// builds a remote runner holds (the lease reaper judges those) and those
+// of a node whose lease is current: a node that runs them. On SQLite, one
+// node per store, every other node's builds are taken back at once. Call
+// it once before Run; Run goes on recovering expired nodes' builds.
 func (q *Queue) Recover(ctx context.Context) (int, error) {
-	list, err := q.cfg.Store.ListBuilds(ctx, store.BuildFilter{State: builds.Started, Limit: 500})
-	if err != nil {
-		return 0, fmt.Errorf("recover builds: %w", err)
-	}
-	// Builds a remote runner holds are the lease reaper's to judge.
-	leased, err := q.cfg.Store.LeasedBuilds(ctx)
+	return q.recover(ctx, q.cfg.Store.Dialect() == "sqlite")
+}
+
+// recover takes back the builds OrphanedBuilds lists, 500 at most per call.
+func (q *Queue) recover(ctx context.Context, everyOther bool) (int, error) {
+	list, err := q.cfg.Store.OrphanedBuilds(ctx, q.cfg.Node, everyOther, 500)
 	if err != nil {
 		return 0, fmt.Errorf("recover builds: %w", err)
 	}
 	n := 0
-	for _, b := range list {
-		if leased[b.ID] {
-			continue
+	for _, o := range list {
+		why := "the server stopped while the build was running"
+		if o.Node != "" && !everyOther {
+			why = fmt.Sprintf("node %s stopped while the build was running", o.Node)
+			if o.Expired != nil {
+				why += " (its lease expired at " + o.Expired.Format(time.RFC3339) + ")"
+			}
+		}
+		b, err := q.cfg.Store.RecoverBuild(ctx, o, everyOther, q.cfg.Requeue, why)
+		if errors.Is(err, store.ErrNodeAlive) || errors.Is(err, builds.ErrTransition) {
+			continue // renewed, finished or recovered elsewhere meanwhile
+		}
+		if err != nil {
+			return n, err
 		}
 		n++
-		if err := q.interrupt(ctx, b.ID, "the server stopped while the build was running"); err != nil {
-			return 0, err
+		outcome := "errored"
+		if b.State == builds.Queued {
+			outcome = "requeued"
 		}
-		q.cfg.Logger.Warn("recovered interrupted build", "build_id", b.ID, "requeued", q.cfg.Requeue)
+		q.recovered.WithLabelValues(outcome).Inc()
+		q.cfg.Logger.Warn("recovered interrupted build", "build_id", b.ID, "from_node", o.Node, "outcome", outcome, "reason", why)
 	}
 	return n, nil
 }
 
+// interrupt ends a build this node runs and cannot finish (shutdown):
+// errored, or re-queued with Requeue. It changes nothing, and returns
+// store.ErrNodeAlive, when the build is no longer this node's.
 func (q *Queue) interrupt(ctx context.Context, id int64, why string) error {
-	var err error
-	if q.cfg.Requeue {
-		_, err = q.cfg.Store.Transition(ctx, id, builds.Queued, nil)
-	} else {
-		_, err = q.cfg.Store.Transition(ctx, id, builds.Finished, func(b *builds.Build) error {
-			b.Result, b.Reason = builds.Errored, why
-			return nil
-		})
-	}
+	_, err := q.cfg.Store.RecoverBuild(ctx, store.OrphanBuild{ID: id, Node: q.cfg.Node}, true, q.cfg.Requeue, why)
 	if err != nil {
 		return fmt.Errorf("interrupt build %d: %w", id, err)
+	}
+	return nil
+}
+
+// sameClaim refuses to finish a build claimed again since this node's
+// claim at startedAt (recovered elsewhere, re-queued and claimed).
+func sameClaim(b *builds.Build, startedAt *time.Time) error {
+	if startedAt != nil && (b.StartedAt == nil || !b.StartedAt.Equal(*startedAt)) {
+		return errLeaseLost
 	}
 	return nil
 }
@@ -209,6 +281,22 @@ func (q *Queue) Run(ctx context.Context) error {
 		workers = 0
 	}
 	q.mu.Unlock()
+	// The lease is kept until the last build has ended: running builds go
+	// on for up to ShutdownGrace after ctx is done.
+	kctx, stopKeeper := context.WithCancel(context.Background())
+	keeperDone := make(chan struct{})
+	go func() { defer close(keeperDone); q.keep(kctx) }()
+	defer func() {
+		stopKeeper()
+		<-keeperDone
+		// Gone from the store: nothing of this node's is left running, and
+		// what it left STARTED is anybody's to recover at once.
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := q.cfg.Store.RemoveNode(rctx, q.cfg.Node); err != nil {
+			q.cfg.Logger.Warn("remove node lease", "node", q.cfg.Node, "err", err)
+		}
+	}()
 	var wg sync.WaitGroup
 	for i := 0; i < workers; i++ {
 		wg.Add(1)
@@ -234,11 +322,66 @@ func (q *Queue) Run(ctx context.Context) error {
 	return nil
 }
 
+// keep renews the node's lease and recovers the builds of nodes whose
+// lease expired, every NodeTTL/4 until ctx is done.
+func (q *Queue) keep(ctx context.Context) {
+	every := q.cfg.NodeTTL / 4
+	t := time.NewTicker(every)
+	defer t.Stop()
+	renewFailing := false
+	for {
+		if err := q.cfg.Store.RenewNode(ctx, q.cfg.Node, q.cfg.NodeTTL); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if !renewFailing {
+				q.cfg.Logger.Error("renew node lease: this node claims no build until it succeeds", "node", q.cfg.Node, "err", err)
+				renewFailing = true
+			}
+		} else {
+			if renewFailing {
+				q.cfg.Logger.Info("node lease renewed again", "node", q.cfg.Node)
+				renewFailing = false
+			}
+			if q.renewed.Swap(time.Now().UnixNano()) == 0 {
+				q.Wake() // the first renewal lets the workers claim
+			}
+			if _, err := q.recover(ctx, false); err != nil && ctx.Err() == nil {
+				q.cfg.Logger.Error("recover builds of expired nodes", "err", err)
+			}
+			if err := q.cfg.Store.PruneNodes(ctx, time.Now().Add(-time.Hour)); err != nil && ctx.Err() == nil {
+				q.cfg.Logger.Warn("prune expired nodes", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// leased reports whether the node's lease was renewed recently enough to
+// claim a build: with half the TTL left, another node cannot take the
+// build back before the next renewal has had two chances.
+func (q *Queue) leased() bool {
+	last := q.renewed.Load()
+	return last != 0 && time.Since(time.Unix(0, last)) < q.cfg.NodeTTL/2
+}
+
 func (q *Queue) worker(ctx context.Context) {
 	t := time.NewTicker(q.cfg.PollInterval)
 	defer t.Stop()
 	for ctx.Err() == nil {
-		b, err := q.cfg.Store.ClaimQueued(ctx)
+		if !q.leased() {
+			select {
+			case <-ctx.Done():
+			case <-q.wake:
+			case <-t.C:
+			}
+			continue
+		}
+		b, err := q.cfg.Store.ClaimQueuedOn(ctx, q.cfg.Node)
 		switch {
 		case err == nil:
 			q.Wake() // another queued build may wait for another worker
@@ -272,7 +415,7 @@ func (q *Queue) execute(b builds.Build) {
 		q.active.Dec()
 	}()
 	log := q.cfg.Logger.With("build_id", b.ID, "number", b.Number)
-	stopWatch := q.watchCancel(ctx, b.ID, cancel)
+	stopWatch := q.watchCancel(ctx, b, cancel)
 	defer stopWatch()
 
 	p, err := q.cfg.Store.ProjectByID(ctx, b.ProjectID)
@@ -289,8 +432,13 @@ func (q *Queue) execute(b builds.Build) {
 	if err != nil {
 		out = runner.Outcome{Result: builds.Errored, Reason: "runner failure: " + err.Error()}
 	}
-	if cause := context.Cause(ctx); errors.Is(cause, errShutdown) {
-		if err := q.interrupt(context.Background(), b.ID, "the server shut down while the build was running"); err != nil {
+	if cause := context.Cause(ctx); errors.Is(cause, errLeaseLost) {
+		log.Warn("build stopped: another node took it back while this node's lease had expired")
+		return
+	} else if errors.Is(cause, errShutdown) {
+		if err := q.interrupt(context.Background(), b.ID, "the server shut down while the build was running"); errors.Is(err, store.ErrNodeAlive) {
+			log.Warn("build stopped at shutdown was already taken back by another node")
+		} else if err != nil {
 			log.Error("record interrupted build", "err", err)
 		}
 		return
@@ -311,8 +459,12 @@ func (q *Queue) execute(b builds.Build) {
 		if out.Result == builds.Canceled && fb.Reason == "" {
 			fb.Reason = "canceled"
 		}
-		return nil
+		return sameClaim(fb, b.StartedAt)
 	})
+	if errors.Is(err, errLeaseLost) || errors.Is(err, builds.ErrTransition) {
+		log.Warn("build result dropped: another node took the build back while this node's lease had expired", "result", out.Result)
+		return
+	}
 	if err != nil {
 		log.Error("record finished build", "err", err)
 		return
@@ -322,8 +474,10 @@ func (q *Queue) execute(b builds.Build) {
 }
 
 // watchCancel polls the store for a cancel request made on another node
-// (or while this node's in-memory signal was missed).
-func (q *Queue) watchCancel(ctx context.Context, id int64, cancel context.CancelCauseFunc) func() {
+// (or while this node's in-memory signal was missed), and for the build
+// taken back by another node (this node's lease expired meanwhile).
+func (q *Queue) watchCancel(ctx context.Context, claimed builds.Build, cancel context.CancelCauseFunc) func() {
+	id := claimed.ID
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -337,7 +491,15 @@ func (q *Queue) watchCancel(ctx context.Context, id int64, cancel context.Cancel
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if b, err := q.cfg.Store.Build(ctx, id); err == nil && b.CancelRequested {
+				b, err := q.cfg.Store.Build(ctx, id)
+				if err != nil {
+					continue
+				}
+				if b.State != builds.Started || sameClaim(&b, claimed.StartedAt) != nil {
+					cancel(errLeaseLost)
+					return
+				}
+				if b.CancelRequested {
 					cancel(errCanceled)
 					return
 				}
