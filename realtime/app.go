@@ -2,20 +2,10 @@ package realtime
 
 import (
 	"encoding/json"
-	"maps"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
-	"time"
-)
-
-// Owner counts travel between nodes: changes at every sweep, everything
-// every ownerCountsFullEvery (which also tells a new node), and a node
-// not heard from for ownerCountsExpiry is forgotten.
-const (
-	ownerCountsFullEvery = 5 * time.Second
-	ownerCountsExpiry    = 3 * ownerCountsFullEvery
 )
 
 // countImmediateLimit is the channel size up to which a subscription
@@ -35,18 +25,20 @@ type app struct {
 	users    map[string][]*conn    // signed-in user id → connections
 	owners   map[string]int        // bound owner → live subscriptions
 	dirty    map[*channel]struct{} // channels owing a subscription count
-	// ownersDirty are owners whose count changed since the last sync to
-	// the other nodes (only in a cluster).
-	ownersDirty map[string]struct{}
 
-	remoteMu sync.Mutex
-	remote   map[string]*remoteOwners // other nodes' owner counts, by node
-}
-
-// remoteOwners are one other node's subscription counts per owner.
-type remoteOwners struct {
-	counts map[string]int
-	seen   time.Time
+	// In a cluster (see cluster.go): what the other nodes hold, and what
+	// this node owes them. The view stays empty on a single node.
+	view clusterView
+	// seq numbers this node's changes; out holds messages waiting for
+	// flushOut, which pubMu keeps in order.
+	seq   uint64
+	out   []Message
+	pubMu sync.Mutex
+	// subsDirty and ownersDirty are the channels and owners whose counts
+	// changed since the last flush.
+	subsDirty      map[string]struct{}
+	ownersDirty    map[string]struct{}
+	snapshotWanted bool // a node asked for this node's state
 }
 
 // channel is one channel with at least one subscriber on this node.
@@ -66,13 +58,12 @@ type member struct {
 // once the app lock is released.
 type effects struct {
 	webhooks []WebhookEvent
-	messages []Message
 }
 
 func newApp(s *Server, cfg App) *app {
 	a := &app{srv: s, cfg: cfg, conns: make(map[string]*conn), channels: make(map[string]*channel),
 		users: make(map[string][]*conn), owners: make(map[string]int), dirty: make(map[*channel]struct{}),
-		ownersDirty: make(map[string]struct{}), remote: make(map[string]*remoteOwners)}
+		subsDirty: make(map[string]struct{}), ownersDirty: make(map[string]struct{}), view: newClusterView()}
 	if cfg.Webhook.URL != "" {
 		a.webhooks = make(map[string]bool)
 		evs := cfg.Webhook.Events
@@ -88,12 +79,13 @@ func newApp(s *Server, cfg App) *app {
 
 func (a *app) wantsWebhook(name string) bool { return a.webhooks[name] }
 
+// apply carries out e and publishes the changes queued for the cluster.
 func (a *app) apply(e *effects) {
 	for _, w := range e.webhooks {
 		a.srv.webhooks.add(a, w.Name, w.Channel, w.UserID)
 	}
-	for _, m := range e.messages {
-		a.srv.broadcast(m)
+	if a.srv.clustered {
+		a.flushOut()
 	}
 }
 
@@ -169,10 +161,13 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 			"a connection may hold at most "+itoa(maxSubscriptionsPerConn)+" subscriptions", 403))
 		return
 	}
-	if kind == kindPresence && ch != nil && ch.members[m.UserID] == nil && len(ch.members) >= MaxPresenceMembers {
+	// The member cap counts the members of every node, as this node
+	// knows them (see ClusterConfig).
+	if limit := a.cfg.MaxPresenceMembers; kind == kindPresence && (ch == nil || ch.members[m.UserID] == nil) &&
+		a.remoteMemberLocked(name, m.UserID) == nil && a.memberCountLocked(name, ch) >= limit {
 		a.mu.Unlock()
 		c.send(subscriptionErrorFrame(name, "LimitReached",
-			"presence channel is full: at most "+itoa(MaxPresenceMembers)+" members", 403))
+			"presence channel is full: at most "+itoa(int64(limit))+" members", 403))
 		return
 	}
 	if ch == nil {
@@ -185,6 +180,7 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 	}
 	ch.subs[c] = m.UserID
 	c.subs = append(c.subs, ch)
+	a.subsChangedLocked(name)
 	if c.owner != "" {
 		a.owners[c.owner]++
 		a.ownerChangedLocked(c.owner)
@@ -194,15 +190,12 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 		if mb == nil {
 			mb = &member{info: m.UserInfo}
 			ch.members[m.UserID] = mb
-			info := m.UserInfo
-			if string(info) == "null" {
-				info = nil
+			// Announced here unless a member on another node already;
+			// the other nodes decide for their own subscribers.
+			if a.remoteMemberLocked(name, m.UserID) == nil {
+				a.deliverPresenceLocked(ch, "pusher_internal:member_added", memberAddedData(m.UserID, m.UserInfo), c.id)
 			}
-			data, _ := json.Marshal(struct {
-				UserID   string          `json:"user_id"`
-				UserInfo json.RawMessage `json:"user_info,omitempty"`
-			}{m.UserID, info})
-			a.presenceChangeLocked(&e, ch, "pusher_internal:member_added", string(data), c.id)
+			a.publishLocked(Message{Kind: KindMemberAdded, Channels: []string{name}, UserID: m.UserID, UserInfo: m.UserInfo})
 			e.webhooks = append(e.webhooks, WebhookEvent{Name: WebhookMemberAdded, Channel: name, UserID: m.UserID})
 		}
 		mb.n++
@@ -214,31 +207,37 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 	a.apply(&e)
 }
 
-// presenceChangeLocked delivers a member_added or member_removed event to
-// this node's subscribers at once, under the lock that ordered the
-// change (so that a socket joining just after is not told of a member it
-// already got in its list), and has the broker carry it to other nodes.
-func (a *app) presenceChangeLocked(e *effects, ch *channel, event, data, exclude string) {
+// deliverPresenceLocked delivers a member_added or member_removed event
+// to this node's subscribers of ch at once, under the lock that ordered
+// the change, so that a socket joining just after is not told of a member
+// it already got in its list.
+func (a *app) deliverPresenceLocked(ch *channel, event, data, exclude string) {
 	f := textFrame(eventFrame(event, ch.name, data, ""))
 	for sub := range ch.subs {
 		if sub.id != exclude {
 			sub.sendFrame(f)
 		}
 	}
-	e.messages = append(e.messages, Message{Kind: KindEvent, AppID: a.cfg.ID, Channels: []string{ch.name},
-		Event: event, Data: data, ExcludeSocketID: exclude, Origin: a.srv.node, OriginDelivered: true})
 }
 
-// succeededFrameLocked is pusher_internal:subscription_succeeded for ch.
+// succeededFrameLocked is pusher_internal:subscription_succeeded for ch,
+// listing the members of every node.
 func (a *app) succeededFrameLocked(ch *channel) []byte {
 	if ch.kind != kindPresence {
 		return eventFrame("pusher_internal:subscription_succeeded", ch.name, "{}", "")
 	}
-	ids := make([]string, 0, len(ch.members))
-	hash := make(map[string]json.RawMessage, len(ch.members))
+	remote := a.view.members[ch.name]
+	ids := make([]string, 0, len(ch.members)+len(remote))
+	hash := make(map[string]json.RawMessage, len(ch.members)+len(remote))
 	for id, mb := range ch.members {
 		ids = append(ids, id)
 		hash[id] = mb.info
+	}
+	for id, rm := range remote {
+		if _, ok := hash[id]; !ok {
+			ids = append(ids, id)
+			hash[id] = rm.info
+		}
 	}
 	slices.Sort(ids)
 	type presence struct {
@@ -278,6 +277,9 @@ func (a *app) unsubscribe(c *conn, name string) {
 func (a *app) leaveLocked(c *conn, ch *channel, e *effects) {
 	uid := ch.subs[c]
 	delete(ch.subs, c)
+	if ch.kind != kindServerToUser {
+		a.subsChangedLocked(ch.name)
+	}
 	if c.owner != "" && ch.kind != kindServerToUser {
 		if a.owners[c.owner]--; a.owners[c.owner] <= 0 {
 			delete(a.owners, c.owner)
@@ -288,10 +290,10 @@ func (a *app) leaveLocked(c *conn, ch *channel, e *effects) {
 		if mb := ch.members[uid]; mb != nil {
 			if mb.n--; mb.n <= 0 {
 				delete(ch.members, uid)
-				data, _ := json.Marshal(struct {
-					UserID string `json:"user_id"`
-				}{uid})
-				a.presenceChangeLocked(e, ch, "pusher_internal:member_removed", string(data), "")
+				if a.remoteMemberLocked(ch.name, uid) == nil {
+					a.deliverPresenceLocked(ch, "pusher_internal:member_removed", memberRemovedData(uid), "")
+				}
+				a.publishLocked(Message{Kind: KindMemberRemoved, Channels: []string{ch.name}, UserID: uid})
 				e.webhooks = append(e.webhooks, WebhookEvent{Name: WebhookMemberRemoved, Channel: ch.name, UserID: uid})
 			}
 		}
@@ -312,16 +314,17 @@ func (a *app) countChangedLocked(ch *channel) {
 	if !a.cfg.EnableSubscriptionCount || (ch.kind != kindPublic && ch.kind != kindPrivate) {
 		return
 	}
-	if len(ch.subs) > countImmediateLimit {
+	if len(ch.subs)+a.view.subs[ch.name] > countImmediateLimit {
 		a.dirty[ch] = struct{}{}
 		return
 	}
 	a.sendCountLocked(ch)
 }
 
+// sendCountLocked sends the channel's subscription count on every node.
 func (a *app) sendCountLocked(ch *channel) {
 	f := textFrame(eventFrame("pusher_internal:subscription_count", ch.name,
-		`{"subscription_count":`+itoa(int64(len(ch.subs)))+`}`, ""))
+		`{"subscription_count":`+itoa(int64(len(ch.subs)+a.view.subs[ch.name]))+`}`, ""))
 	for c := range ch.subs {
 		c.sendFrame(f)
 	}
@@ -441,70 +444,6 @@ func (a *app) bind(id, owner string) bool {
 	return true
 }
 
-// ownerChangedLocked notes a changed owner count for the next sync.
-func (a *app) ownerChangedLocked(owner string) {
-	if a.srv.clustered {
-		a.ownersDirty[owner] = struct{}{}
-	}
-}
-
-// syncOwners sends this node's changed owner counts, or all of them, to
-// the other nodes.
-func (a *app) syncOwners(full bool) {
-	a.mu.Lock()
-	if !full && len(a.ownersDirty) == 0 {
-		a.mu.Unlock()
-		return
-	}
-	var counts map[string]int
-	if full {
-		counts = maps.Clone(a.owners)
-	} else {
-		counts = make(map[string]int, len(a.ownersDirty))
-		for o := range a.ownersDirty {
-			counts[o] = a.owners[o] // 0: none left
-		}
-	}
-	clear(a.ownersDirty)
-	a.mu.Unlock()
-	a.srv.broadcast(Message{Kind: KindOwnerCounts, AppID: a.cfg.ID, Origin: a.srv.node, Counts: counts, Full: full})
-}
-
-// remoteCounts records another node's owner counts.
-func (a *app) remoteCounts(m Message, now time.Time) {
-	a.remoteMu.Lock()
-	defer a.remoteMu.Unlock()
-	r := a.remote[m.Origin]
-	if r == nil || m.Full {
-		r = &remoteOwners{counts: make(map[string]int, len(m.Counts))}
-		a.remote[m.Origin] = r
-	}
-	for o, n := range m.Counts {
-		if n > 0 {
-			r.counts[o] = n
-		} else {
-			delete(r.counts, o)
-		}
-	}
-	r.seen = now
-}
-
-// remoteOwnerSubscriptions sums the other nodes' counts for owner,
-// forgetting nodes not heard from within ownerCountsExpiry.
-func (a *app) remoteOwnerSubscriptions(owner string, now time.Time) int {
-	a.remoteMu.Lock()
-	defer a.remoteMu.Unlock()
-	n := 0
-	for node, r := range a.remote {
-		if now.Sub(r.seen) > ownerCountsExpiry {
-			delete(a.remote, node)
-			continue
-		}
-		n += r.counts[owner]
-	}
-	return n
-}
-
 // parallelFanout is the channel size from which a fan-out is split over
 // GOMAXPROCS goroutines: each delivery is a write system call, and large
 // channels are bound by them.
@@ -593,7 +532,8 @@ func (a *app) allConns() []*conn {
 	return out
 }
 
-// ChannelInfo is the state of one channel on this node.
+// ChannelInfo is the state of one channel. In a cluster it counts every
+// node, as this node knows them (see ClusterConfig).
 type ChannelInfo struct {
 	Name     string
 	Occupied bool
@@ -603,54 +543,77 @@ type ChannelInfo struct {
 	UserCount int
 }
 
-func (a *app) info(ch *channel) ChannelInfo {
-	ci := ChannelInfo{Name: ch.name, Occupied: len(ch.subs) > 0, SubscriptionCount: len(ch.subs)}
-	if ch.kind == kindPresence {
-		ci.UserCount = len(ch.members)
+// infoLocked is the state of the channel name on every node.
+func (a *app) infoLocked(name string) ChannelInfo {
+	ch := a.channels[name]
+	ci := ChannelInfo{Name: name, SubscriptionCount: a.view.subs[name]}
+	if ch != nil {
+		ci.SubscriptionCount += len(ch.subs)
 	}
+	if kindOf(name) == kindPresence {
+		ci.UserCount = a.memberCountLocked(name, ch)
+		// Other nodes' members arrive at once, their counts with the
+		// next flush: every member has a subscription at least.
+		ci.SubscriptionCount = max(ci.SubscriptionCount, ci.UserCount)
+	}
+	ci.Occupied = ci.SubscriptionCount > 0
 	return ci
 }
 
 func (a *app) channelInfo(name string) ChannelInfo {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	if ch := a.channels[name]; ch != nil {
-		return a.info(ch)
-	}
-	return ChannelInfo{Name: name}
+	return a.infoLocked(name)
 }
 
 func (a *app) channelList(prefix string) []ChannelInfo {
 	a.mu.RLock()
-	out := make([]ChannelInfo, 0, len(a.channels))
+	out := make([]ChannelInfo, 0, len(a.channels)+len(a.view.subs))
 	for name, ch := range a.channels {
-		if ch.kind == kindServerToUser || !strings.HasPrefix(name, prefix) {
-			continue
+		if ch.kind != kindServerToUser && strings.HasPrefix(name, prefix) {
+			out = append(out, a.infoLocked(name))
 		}
-		out = append(out, a.info(ch))
+	}
+	// Channels held on other nodes only, each once.
+	for name := range a.view.subs {
+		if a.channels[name] == nil && strings.HasPrefix(name, prefix) {
+			out = append(out, a.infoLocked(name))
+		}
+	}
+	for name := range a.view.members {
+		if _, counted := a.view.subs[name]; !counted && a.channels[name] == nil && strings.HasPrefix(name, prefix) {
+			out = append(out, a.infoLocked(name))
+		}
 	}
 	a.mu.RUnlock()
 	slices.SortFunc(out, func(x, y ChannelInfo) int { return strings.Compare(x.Name, y.Name) })
 	return out
 }
 
+// presenceUsers lists the members of a presence channel on every node.
 func (a *app) presenceUsers(name string) []string {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	ch := a.channels[name]
-	if ch == nil {
-		return []string{}
+	remote := a.view.members[name]
+	ids := make([]string, 0, len(remote)+8)
+	if ch != nil {
+		for id := range ch.members {
+			ids = append(ids, id)
+		}
 	}
-	ids := make([]string, 0, len(ch.members))
-	for id := range ch.members {
-		ids = append(ids, id)
+	for id := range remote {
+		if ch == nil || ch.members[id] == nil {
+			ids = append(ids, id)
+		}
 	}
 	slices.Sort(ids)
 	return ids
 }
 
+// ownerSubscriptions counts owner's subscriptions on every node.
 func (a *app) ownerSubscriptions(owner string) int {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	return a.owners[owner]
+	return a.owners[owner] + a.view.owners[owner]
 }

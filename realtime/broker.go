@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 )
@@ -28,12 +29,38 @@ const (
 	KindTerminateUser MessageKind = "terminate_user"
 	// KindBindSocket binds SocketID to UserID (see Server.BindSocket).
 	KindBindSocket MessageKind = "bind_socket"
-	// KindOwnerCounts carries Origin's subscription counts per bound user.
-	KindOwnerCounts MessageKind = "owner_counts"
+
+	// The kinds below keep the cluster view (see ClusterConfig). Each
+	// carries Origin; the state changes carry Seq, which Origin
+	// increments by one per change, so that a receiver sees a lost one.
+
+	// KindCounts carries Origin's changed subscription counts per channel
+	// (Subs) and per bound user (Counts); 0 means none left.
+	KindCounts MessageKind = "counts"
+	// KindMemberAdded says that UserID, with UserInfo, is a member of the
+	// presence channel Channels[0] on Origin (its first socket there).
+	KindMemberAdded MessageKind = "member_added"
+	// KindMemberRemoved says that UserID left the presence channel
+	// Channels[0] on Origin (its last socket there).
+	KindMemberRemoved MessageKind = "member_removed"
+	// KindSnapshot is part Part of Parts of Origin's whole state as of
+	// Seq: Subs, Counts and Members. It replaces what receivers knew of
+	// Origin.
+	KindSnapshot MessageKind = "snapshot"
+	// KindHeartbeat says that Origin is alive and has sent its changes up
+	// to Seq.
+	KindHeartbeat MessageKind = "heartbeat"
+	// KindHello asks Target (every node when empty) for a snapshot; it
+	// also counts as a heartbeat of Origin.
+	KindHello MessageKind = "hello"
+	// KindGoodbye says that Origin is leaving: receivers forget its state.
+	KindGoodbye MessageKind = "goodbye"
 )
 
 // Message is what a Broker carries. Brokers that cross process
-// boundaries encode it (as JSON, with these field names).
+// boundaries encode it (as JSON, with these field names). Receivers must
+// not modify its maps: an in-process broker hands one Message to every
+// node.
 type Message struct {
 	Kind     MessageKind `json:"kind"`
 	AppID    string      `json:"app_id"`
@@ -43,20 +70,27 @@ type Message struct {
 	// ExcludeSocketID is the socket that must not receive the event.
 	ExcludeSocketID string `json:"exclude_socket_id,omitempty"`
 	// UserID is the sender of a presence client event, the user of
-	// KindTerminateUser or the owner of KindBindSocket.
-	UserID   string `json:"user_id,omitempty"`
-	SocketID string `json:"socket_id,omitempty"`
-	// Origin names the node that published the message. With
-	// OriginDelivered set, that node has delivered it to its own
-	// connections already (presence changes, delivered under the lock
-	// that orders them) and skips it.
-	Origin          string `json:"origin,omitempty"`
-	OriginDelivered bool   `json:"origin_delivered,omitempty"`
-	// Counts are Origin's live subscriptions per bound user
-	// (KindOwnerCounts): changed ones, or with Full all of them, replacing
-	// what Origin sent before. Receivers must not modify the map.
+	// KindTerminateUser, the owner of KindBindSocket or the member of
+	// KindMemberAdded and KindMemberRemoved.
+	UserID   string          `json:"user_id,omitempty"`
+	UserInfo json.RawMessage `json:"user_info,omitempty"`
+	SocketID string          `json:"socket_id,omitempty"`
+	// Origin names the node that published the message.
+	Origin string `json:"origin,omitempty"`
+	// Seq numbers Origin's state changes (cluster view kinds).
+	Seq uint64 `json:"seq,omitempty"`
+	// Target is the node a KindHello asks; empty asks every node.
+	Target string `json:"target,omitempty"`
+	// Subs are subscriptions per channel, Counts subscriptions per bound
+	// user (KindCounts, KindSnapshot).
+	Subs   map[string]int `json:"subs,omitempty"`
 	Counts map[string]int `json:"counts,omitempty"`
-	Full   bool           `json:"full,omitempty"`
+	// Members are the presence members per channel, with their user_info
+	// (KindSnapshot).
+	Members map[string]map[string]json.RawMessage `json:"members,omitempty"`
+	// Part and Parts number the messages of one KindSnapshot.
+	Part  int `json:"part,omitempty"`
+	Parts int `json:"parts,omitempty"`
 }
 
 // ErrBrokerClosed is returned by a closed MemoryBroker.

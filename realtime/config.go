@@ -19,6 +19,9 @@ const (
 	DefaultClientEventsPerSecond = 10
 	DefaultWebhookBatchWindow    = time.Second
 	DefaultAuthorizeTimeout      = 5 * time.Second
+	DefaultHeartbeatInterval     = 2 * time.Second
+	DefaultNodeTimeout           = 10 * time.Second
+	DefaultFlushInterval         = 100 * time.Millisecond
 )
 
 // Limits of the Pusher protocol and HTTP API.
@@ -29,7 +32,7 @@ const (
 	MaxPublishChannels = 100
 	// MaxBatchEvents is the most events one batch_events request may carry.
 	MaxBatchEvents = 10
-	// MaxPresenceMembers is the most distinct users a presence channel holds.
+	// MaxPresenceMembers is the default of App.MaxPresenceMembers.
 	MaxPresenceMembers = 100
 	// MaxNameLength bounds channel names, event names and user ids.
 	MaxNameLength = 200
@@ -68,6 +71,8 @@ type Config struct {
 	// Broker carries published events between nodes. Nil means an
 	// in-process broker serving this Server alone.
 	Broker Broker
+	// Cluster tunes the cluster view; it is used only with a Broker.
+	Cluster ClusterConfig
 	// Hooks let the host application take part in decisions.
 	Hooks Hooks
 	// Now returns the current time; tests set it. Nil means time.Now.
@@ -92,6 +97,10 @@ type App struct {
 	MaxConnections int
 	// ClientEventsPerSecond caps client events per connection. Default 10.
 	ClientEventsPerSecond int
+	// MaxPresenceMembers caps the distinct users of one presence channel,
+	// counted on every node of a cluster (see ClusterConfig for how
+	// exactly). Default MaxPresenceMembers (100).
+	MaxPresenceMembers int
 	// AllowedOrigins lists the Origin host patterns (path.Match syntax,
 	// e.g. "*.example.com") browsers may connect from; empty allows all.
 	AllowedOrigins []string
@@ -170,7 +179,11 @@ func (c *Config) setDefaults() {
 		if c.Apps[i].ClientEventsPerSecond == 0 {
 			c.Apps[i].ClientEventsPerSecond = DefaultClientEventsPerSecond
 		}
+		if c.Apps[i].MaxPresenceMembers == 0 {
+			c.Apps[i].MaxPresenceMembers = MaxPresenceMembers
+		}
 	}
+	c.Cluster.setDefaults()
 }
 
 // Validate reports the first configuration error, naming the field.
@@ -197,6 +210,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.MaxConnections: must not be negative", field)
 		case a.ClientEventsPerSecond < 0:
 			return fmt.Errorf("%s.ClientEventsPerSecond: must not be negative", field)
+		case a.MaxPresenceMembers < 0:
+			return fmt.Errorf("%s.MaxPresenceMembers: must not be negative", field)
 		case len(a.ID) > MaxNameLength || !validToken(a.ID):
 			return fmt.Errorf("%s.ID: %q must be letters, digits, '-' or '_'", field, a.ID)
 		case len(a.Key) > MaxNameLength || !validToken(a.Key):
@@ -231,7 +246,7 @@ func (c *Config) Validate() error {
 	case c.WebhookBatchWindow < 0:
 		return errors.New("realtime: WebhookBatchWindow: must be positive")
 	}
-	return nil
+	return c.Cluster.Validate()
 }
 
 // validToken reports whether s is non-empty and made of letters, digits,

@@ -13,12 +13,15 @@
 // Publishing goes through a Broker so that several Servers on several
 // nodes form one cluster: an event published on any node (through
 // Publish, the HTTP API, or a client event) reaches the subscribers on
-// every node, and so do presence member_added/member_removed, user
-// terminations and socket bindings. The default Broker is in-process;
-// package natsbroker carries messages over NATS core pub/sub. The
-// subscription counts of bound users (Server.UserSubscriptions) are
-// shared between nodes; the rest of the channel state (subscribers,
-// presence member lists, channel queries, webhooks) is each node's own.
+// every node, and so do user terminations and socket bindings. The
+// default Broker is in-process and serves one Server; package natsbroker
+// carries messages over NATS core pub/sub. With a Broker, each node also
+// keeps a view of what the others hold (see ClusterConfig): presence
+// members and member_added/member_removed, channel queries, the
+// subscription_count event, the presence member cap and the subscription
+// counts of bound users (Server.UserSubscriptions) count every node,
+// eventually consistently. Server webhooks and App.MaxConnections stay
+// each node's own. A single node keeps no view and sends nothing for it.
 //
 // Memory per connection is kept small on purpose: the upgrade handler
 // returns once the WebSocket is established, so the only goroutine an idle

@@ -38,17 +38,18 @@ type Server struct {
 	apps     []*app
 	broker   Broker
 	ownedMem *MemoryBroker // the default broker, closed by Shutdown
-	// clustered is set when the broker may span nodes: owner counts are
-	// then shared.
-	clustered bool
-	unsub     func() error
-	webhooks  *webhookBatcher
-	handler   http.Handler
+	// clustered is set when the broker may span nodes: the cluster view
+	// is then kept (see ClusterConfig).
+	clustered   bool
+	clusterWake chan struct{} // wakes clusterLoop
+	unsub       func() error
+	webhooks    *webhookBatcher
+	handler     http.Handler
 
 	closing  atomic.Bool
 	admitMu  sync.Mutex
 	wg       sync.WaitGroup // read loops and refusals
-	bg       sync.WaitGroup // sweeper and webhook batcher
+	bg       sync.WaitGroup // sweeper, webhook batcher and cluster loop
 	stop     chan struct{}
 	shutdown sync.Once
 }
@@ -60,7 +61,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, byKey: make(map[string]*app), byID: make(map[string]*app),
-		stop: make(chan struct{}), node: strconv.FormatUint(rand.Uint64(), 36)}
+		stop: make(chan struct{}), clusterWake: make(chan struct{}, 1), node: strconv.FormatUint(rand.Uint64(), 36)}
 	for _, ac := range cfg.Apps {
 		ac.AllowedOrigins = append([]string(nil), ac.AllowedOrigins...)
 		a := newApp(s, ac)
@@ -83,6 +84,10 @@ func New(cfg Config) (*Server, error) {
 	s.bg.Add(2)
 	go func() { defer s.bg.Done(); s.webhooks.run() }()
 	go func() { defer s.bg.Done(); s.sweep() }()
+	if s.clustered {
+		s.bg.Add(1)
+		go func() { defer s.bg.Done(); s.clusterLoop() }()
+	}
 	return s, nil
 }
 
@@ -212,21 +217,11 @@ func (s *Server) sweep() {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	activity, pong := s.cfg.ActivityTimeout.Nanoseconds(), s.cfg.PongTimeout.Nanoseconds()
-	var lastFull time.Time
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
-		}
-		if s.clustered {
-			full := time.Since(lastFull) >= ownerCountsFullEvery
-			if full {
-				lastFull = time.Now()
-			}
-			for _, a := range s.apps {
-				a.syncOwners(full)
-			}
 		}
 		now := s.cfg.Now().UnixNano()
 		wallNow, writeTimeout := time.Now().UnixNano(), s.cfg.WriteTimeout.Nanoseconds()
@@ -250,7 +245,7 @@ func (s *Server) broadcast(m Message) {
 // receive handles a message from the broker.
 func (s *Server) receive(m Message) {
 	a := s.byID[m.AppID]
-	if a == nil || (m.OriginDelivered && m.Origin == s.node) {
+	if a == nil {
 		return
 	}
 	switch m.Kind {
@@ -262,9 +257,9 @@ func (s *Server) receive(m Message) {
 		a.terminateUser(m.UserID)
 	case KindBindSocket:
 		a.bind(m.SocketID, m.UserID)
-	case KindOwnerCounts:
-		if m.Origin != s.node {
-			a.remoteCounts(m, time.Now())
+	case KindCounts, KindMemberAdded, KindMemberRemoved, KindSnapshot, KindHeartbeat, KindHello, KindGoodbye:
+		if s.clustered && m.Origin != "" && m.Origin != s.node && a.clusterReceive(m, time.Now()) {
+			s.wakeCluster()
 		}
 	}
 }
@@ -369,21 +364,17 @@ func (s *Server) BindSocket(appID, socketID, userID string) error {
 // UserSubscriptions counts the live subscriptions (any channel but
 // #server-to-user) of the sockets bound to userID. With a Broker that
 // spans nodes it includes the other nodes' counts, as they last reported
-// them: changes travel within a sweep interval (at most a second).
+// them: changes travel within Cluster.FlushInterval (see ClusterConfig).
 func (s *Server) UserSubscriptions(appID, userID string) int {
 	a := s.byID[appID]
 	if a == nil {
 		return 0
 	}
-	n := a.ownerSubscriptions(userID)
-	if s.clustered {
-		n += a.remoteOwnerSubscriptions(userID, time.Now())
-	}
-	return n
+	return a.ownerSubscriptions(userID)
 }
 
-// ChannelInfo returns the state of one channel on this node. In a cluster
-// the counts are this node's.
+// ChannelInfo returns the state of one channel, on every node of a
+// cluster as this node knows them (see ClusterConfig).
 func (s *Server) ChannelInfo(appID, name string) (ChannelInfo, error) {
 	a := s.byID[appID]
 	if a == nil {
@@ -393,7 +384,7 @@ func (s *Server) ChannelInfo(appID, name string) (ChannelInfo, error) {
 }
 
 // Channels lists the occupied channels of the app whose name starts with
-// prefix, sorted by name.
+// prefix, sorted by name, on every node of a cluster.
 func (s *Server) Channels(appID, prefix string) ([]ChannelInfo, error) {
 	a := s.byID[appID]
 	if a == nil {
@@ -402,7 +393,8 @@ func (s *Server) Channels(appID, prefix string) ([]ChannelInfo, error) {
 	return a.channelList(prefix), nil
 }
 
-// PresenceUsers lists the user ids present in a presence channel.
+// PresenceUsers lists the user ids present in a presence channel, on
+// every node of a cluster.
 func (s *Server) PresenceUsers(appID, name string) ([]string, error) {
 	a := s.byID[appID]
 	if a == nil {
@@ -462,14 +454,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			<-done
 		}
 		close(s.stop)
-		if s.clustered {
-			// Tell the other nodes this one holds nothing any more.
-			for _, a := range s.apps {
-				s.broadcast(Message{Kind: KindOwnerCounts, AppID: a.cfg.ID, Origin: s.node, Full: true})
-			}
-		}
 		s.webhooks.close()
 		s.bg.Wait()
+		if s.clustered {
+			// Tell the other nodes to forget this one now rather than
+			// after Cluster.NodeTimeout; after the cluster loop, so that
+			// no heartbeat follows.
+			for _, a := range s.apps {
+				a.mu.Lock()
+				a.queueLocked(Message{Kind: KindGoodbye})
+				a.mu.Unlock()
+				a.flushOut()
+			}
+		}
 		if s.ownedMem != nil {
 			_ = s.ownedMem.Close()
 		}
