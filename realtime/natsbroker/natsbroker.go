@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -28,6 +29,9 @@ const DefaultSubjectPrefix = "buildbridge.realtime."
 
 // DefaultBufferSize is how many received messages may wait for delivery.
 const DefaultBufferSize = 8192
+
+// flushTimeout bounds the wait for the server to confirm a subscription.
+const flushTimeout = 5 * time.Second
 
 // Config configures a Broker.
 type Config struct {
@@ -121,6 +125,13 @@ func (b *Broker) Subscribe(h func(realtime.Message)) (func() error, error) {
 	sub, err := b.cfg.Conn.ChanSubscribe(subj, ch)
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: subscribe to %s: %w", subj, err)
+	}
+	// A round trip makes the server register the subscription before
+	// Subscribe returns, so that the node gets the answers to what it
+	// publishes next (the cluster view's hello). A connection that is
+	// reconnecting subscribes again when it is back.
+	if err := b.cfg.Conn.FlushTimeout(flushTimeout); err != nil {
+		b.log.Warn("natsbroker: subscription not confirmed yet", "subject", subj, "err", err)
 	}
 	// The channel is the buffer: when it is full NATS drops messages for
 	// this subscription (a slow consumer) rather than stalling the

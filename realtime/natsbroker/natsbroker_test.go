@@ -56,19 +56,32 @@ func connect(t *testing.T, url string) *nats.Conn {
 type node struct {
 	srv *realtime.Server
 	hs  *httptest.Server
+	nc  *nats.Conn
 }
 
 func newNode(t *testing.T, url, prefix string) *node {
 	t.Helper()
-	b, err := natsbroker.New(natsbroker.Config{Conn: connect(t, url), SubjectPrefix: prefix})
+	return newClusterNode(t, url, prefix, nil)
+}
+
+// newClusterNode starts a node whose configuration mutate may change;
+// n.nc is its NATS connection.
+func newClusterNode(t *testing.T, url, prefix string, mutate func(*realtime.Config)) *node {
+	t.Helper()
+	nc := connect(t, url)
+	b, err := natsbroker.New(natsbroker.Config{Conn: nc, SubjectPrefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := realtime.New(realtime.Config{
+	cfg := realtime.Config{
 		Apps:   []realtime.App{{ID: appID, Key: key, Secret: secret, EnableClientEvents: true}},
 		Broker: b,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	s, err := realtime.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +94,7 @@ func newNode(t *testing.T, url, prefix string) *node {
 		}
 		hs.Close()
 	})
-	return &node{srv: s, hs: hs}
+	return &node{srv: s, hs: hs, nc: nc}
 }
 
 type wsClient struct {
@@ -153,7 +166,7 @@ func (c *wsClient) expect(event string) frame {
 	return f
 }
 
-func (c *wsClient) subscribe(channel, channelData string) {
+func (c *wsClient) subscribe(channel, channelData string) frame {
 	c.t.Helper()
 	d := map[string]string{"channel": channel}
 	if strings.HasPrefix(channel, "private-") || strings.HasPrefix(channel, "presence-") {
@@ -163,7 +176,7 @@ func (c *wsClient) subscribe(channel, channelData string) {
 		d["channel_data"] = channelData
 	}
 	c.send(map[string]any{"event": "pusher:subscribe", "data": d})
-	c.expect("pusher_internal:subscription_succeeded")
+	return c.expect("pusher_internal:subscription_succeeded")
 }
 
 func TestTwoNodesShareEvents(t *testing.T) {
