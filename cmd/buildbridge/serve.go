@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -89,6 +90,9 @@ type hub struct {
 	// accepting requests: features close what they hold (WebSockets …).
 	onShutdown []func(context.Context)
 
+	// node names this process among the nodes sharing the store: in the
+	// builds its embedded runner claims, the relay's lock and /readyz.
+	node       string
 	adminToken string // set on first start only
 	ln         net.Listener
 	ready      chan struct{}
@@ -119,7 +123,14 @@ func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err e
 	if err != nil {
 		return nil, err
 	}
-	h.relay, err = bridge.NewRelay(bridge.RelayConfig{Outbox: h.store, Publisher: h.bus.Publisher(), Logger: logger, Registerer: h.reg})
+	// Nodes sharing a PostgreSQL store share its outbox: one relay
+	// publishes it, the others stand by (bridge.OutboxLock).
+	h.node = queue.DefaultNode()
+	relayCfg := bridge.RelayConfig{Outbox: h.store, Publisher: h.bus.Publisher(), Node: h.node, Logger: logger, Registerer: h.reg}
+	if h.store.Dialect() == "postgres" {
+		relayCfg.Lock = h.store.OutboxLock(h.node)
+	}
+	h.relay, err = bridge.NewRelay(relayCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +151,7 @@ func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err e
 		return nil, err
 	}
 	h.queue, err = queue.New(queue.Config{Store: h.store, Runner: run, Concurrency: cfg.Concurrency,
-		ShutdownGrace: cfg.ShutdownGrace, Requeue: cfg.OnRestart == "requeue", BuildURL: cfg.BaseURL + "/builds/",
+		ShutdownGrace: cfg.ShutdownGrace, Requeue: cfg.OnRestart == "requeue", BuildURL: cfg.BaseURL + "/builds/", Node: h.node,
 		OnLog: func(p builds.Project, b builds.Build, off int64, chunk []byte) {
 			if fn := h.onLog; fn != nil {
 				fn(p, b, off, chunk)
@@ -204,28 +215,47 @@ func (h *hub) routes() {
 	h.mux.Handle("/", h.api) // JSON 404s for everything else
 }
 
+// readyz answers 200 while the store and the bus answer, 503 naming what
+// fails otherwise. It checks them afresh at every call, so a node that
+// lost PostgreSQL or NATS is ready again as soon as they are back (the
+// store's pool and the bus reconnect by themselves).
 func (h *hub) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	checks := map[string]error{"store": h.store.Ping(ctx), "bus": h.bus.Ping(ctx)}
+	storeName := "store (" + h.store.Dialect() + ")"
+	busName := "bus (nats)"
+	var storeErr, busErr error
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); storeErr = h.store.Ping(ctx) }()
+	go func() { defer wg.Done(); busErr = h.bus.Ping(ctx) }()
+	wg.Wait()
+	checks := map[string]string{storeName: "ok", busName: "ok"}
+	var failed []string
+	for _, c := range []struct {
+		name string
+		err  error
+	}{{storeName, storeErr}, {busName, busErr}} {
+		if c.err != nil {
+			checks[c.name] = c.err.Error()
+			failed = append(failed, c.name+": "+c.err.Error())
+		}
+	}
 	select {
 	case <-h.ready:
 	default:
-		checks["startup"] = errors.New("starting")
+		checks["startup"] = "starting"
+		failed = append(failed, "startup: starting")
 	}
-	var failed []string
-	for name, err := range checks {
-		if err != nil {
-			failed = append(failed, name+": "+err.Error())
-		}
+	body := map[string]any{"status": "ready", "node": h.node, "checks": checks}
+	status := http.StatusOK
+	if len(failed) > 0 {
+		status = http.StatusServiceUnavailable
+		body["status"], body["failed"] = "unavailable", strings.Join(failed, "; ")
 	}
 	w.Header().Set("Content-Type", "application/json")
-	if len(failed) > 0 {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, `{"status":"unavailable","failed":%q}`, strings.Join(failed, "; "))
-		return
-	}
-	io.WriteString(w, `{"status":"ready"}`)
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(body)
 }
 
 // run serves until ctx is done, then shuts down in order: stop accepting
@@ -304,7 +334,7 @@ func (h *hub) run(ctx context.Context, out io.Writer) error {
 func (h *hub) announce(out io.Writer) {
 	fmt.Fprintf(out, "buildbridge %s listening on %s\n", version, h.cfg.BaseURL)
 	fmt.Fprintf(out, "  API:       %s/api/v1   health: %s/healthz   metrics: %s/metrics\n", h.cfg.BaseURL, h.cfg.BaseURL, h.cfg.BaseURL)
-	fmt.Fprintf(out, "  data:      %s   store: %s   bus: %s\n", h.cfg.Data, h.store.Dialect(), h.busName())
+	fmt.Fprintf(out, "  data:      %s   store: %s   bus: %s   node: %s\n", h.cfg.Data, h.store.Dialect(), h.busName(), h.node)
 	if h.adminToken != "" {
 		fmt.Fprintf(out, "  first start: created user \"admin\"; its API token (shown only now):\n    %s\n", h.adminToken)
 		fmt.Fprintf(out, "  try: curl -H 'Authorization: Bearer %s' %s/api/v1/projects\n", h.adminToken, h.cfg.BaseURL)
