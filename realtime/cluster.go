@@ -24,9 +24,11 @@ import (
 // last change; a node that missed a change (NATS core delivers at most
 // once) asks for a snapshot, and so does a node that starts. A node not
 // heard from for NodeTimeout (killed, or cut off) is dropped from the
-// others' views: its subscriptions stop counting and its presence members
-// leave, with member_removed for those present nowhere else. A node that
-// shuts down says goodbye and is dropped at once.
+// others' views at their next heartbeat: its subscriptions stop counting
+// and its presence members leave, with member_removed for those present
+// nowhere else. A node that shuts down says goodbye and is dropped at
+// once; a node that comes back is taken in again through a snapshot.
+// Server webhooks stay each node's own.
 //
 // Consistency: the view is eventually consistent. Presence changes of
 // other nodes arrive within the broker's latency, counts within

@@ -170,10 +170,10 @@ func TestClusterIdleTraffic(t *testing.T) {
 	a := newClusterNode(t, url, prefix, cfg)
 	b := newClusterNode(t, url, prefix, cfg)
 	for i := range 30 {
-		for _, n := range []*node{a, b} {
+		for j, n := range []*node{a, b} {
 			c := n.dial(t)
 			c.subscribe(fmt.Sprintf("private-user-%d", i), "")
-			c.subscribe("presence-all", fmt.Sprintf(`{"user_id":"%p"}`, c))
+			c.subscribe("presence-all", fmt.Sprintf(`{"user_id":"%d-%d"}`, j, i))
 			if err := n.srv.BindSocket(appID, c.socketID, fmt.Sprint(i)); err != nil {
 				t.Fatal(err)
 			}
@@ -191,8 +191,9 @@ func TestClusterIdleTraffic(t *testing.T) {
 	after := a.nc.Stats()
 	out, outBytes := after.OutMsgs-before.OutMsgs, after.OutBytes-before.OutBytes
 	in := after.InMsgs - before.InMsgs
+	// Heartbeats only: a loaded machine may skip some, never add any.
 	beats := uint64(idle / beat)
-	if out < beats-5 || out > beats+2 {
+	if out < beats/2 || out > beats+2 {
 		t.Fatalf("idle node sent %d messages in %v, want its %d heartbeats", out, idle, beats)
 	}
 	per := float64(outBytes) / float64(out)
