@@ -58,8 +58,11 @@ func mountRealtime(ctx context.Context, h *hub) error {
 			origins = append(origins, o)
 		}
 	}
-	// With an external NATS, nodes form one realtime cluster: events,
-	// presence changes and per-user subscription counts cross nodes.
+	// With an external NATS, nodes form one realtime cluster: events
+	// cross nodes, and each node keeps a view of the others' channels,
+	// presence members and per-user subscription counts, so that channel
+	// queries, presence and the limits hold cluster-wide (eventually
+	// consistent; see realtime.ClusterConfig). A single node keeps none.
 	var broker realtime.Broker
 	var brokerConn *nats.Conn
 	if h.cfg.NATSURL != "" {
