@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -64,6 +65,10 @@ type SinkDelivery struct {
 	UpdatedAt time.Time  `json:"updated_at"`
 	// FinishedAt is when it succeeded or failed for good.
 	FinishedAt *time.Time `json:"finished_at"`
+	// LeaseOwner is the node that holds the delivery's lease, the only
+	// one that may attempt it, until LeaseUntil; empty when none does.
+	LeaseOwner string     `json:"lease_owner,omitempty"`
+	LeaseUntil *time.Time `json:"lease_until,omitempty"`
 	Payload    []byte     `json:"-"`
 }
 
@@ -105,20 +110,24 @@ type SinkAttemptRecord struct {
 }
 
 const deliveryCols = `id, message_id, event_id, event_type, sink, sink_type, target, route, owner_id, build_id, seq,
-	status, attempts, tries, next_at, last_code, last_error, created_at, updated_at, finished_at`
+	status, attempts, tries, next_at, last_code, last_error, created_at, updated_at, finished_at, lease_owner, lease_until`
 
 func scanSinkDelivery(row interface{ Scan(...any) error }, extra ...any) (SinkDelivery, error) {
 	var d SinkDelivery
 	var next, fin sql.NullInt64
-	var created, updated int64
+	var created, updated, leaseUntil int64
 	dest := append([]any{&d.ID, &d.MessageID, &d.EventID, &d.EventType, &d.Sink, &d.SinkType, &d.Target, &d.Route,
 		&d.OwnerID, &d.BuildID, &d.Seq, &d.Status, &d.Attempts, &d.Tries, &next, &d.LastCode, &d.LastError,
-		&created, &updated, &fin}, extra...)
+		&created, &updated, &fin, &d.LeaseOwner, &leaseUntil}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		return d, err
 	}
 	d.NextAt, d.FinishedAt = fromNullMS(next), fromNullMS(fin)
 	d.CreatedAt, d.UpdatedAt = fromMS(created), fromMS(updated)
+	if d.LeaseOwner != "" {
+		until := fromMS(leaseUntil)
+		d.LeaseUntil = &until
+	}
 	return d, nil
 }
 
@@ -126,51 +135,124 @@ func scanSinkDelivery(row interface{ Scan(...any) error }, extra ...any) (SinkDe
 // those it created, with their ids. A delivery whose message id (derived
 // from event id, sink and target) exists already is skipped: a
 // redelivered event creates nothing.
-// Status defaults to pending; CreatedAt and UpdatedAt are set here.
+// Status defaults to pending; CreatedAt and UpdatedAt are set here. No
+// lease is taken (WriteSinkBatch takes one).
 func (s *DB) CreateSinkDeliveries(ctx context.Context, list []SinkDelivery) ([]SinkDelivery, error) {
-	return s.WriteSinkBatch(ctx, list, nil)
+	res, err := s.WriteSinkBatch(ctx, SinkBatch{Creates: list})
+	return res.Created, err
 }
 
-// WriteSinkBatch creates deliveries (as CreateSinkDeliveries) and records
-// attempts (as RecordSinkAttempts) in one transaction: the delivery
-// engine's writer commits everything waiting at once.
-func (s *DB) WriteSinkBatch(ctx context.Context, creates []SinkDelivery, recs []SinkAttemptRecord) ([]SinkDelivery, error) {
-	if len(creates) == 0 && len(recs) == 0 {
-		return nil, nil
+// SinkLease is a node's hold on deliveries. Only the node holding a
+// delivery's lease attempts it; the node renews the leases of what it
+// holds, and a lease that ends unrenewed (its node died) leaves the
+// delivery free for any node to take over.
+type SinkLease struct {
+	// Owner names the node; empty: no lease (a node alone).
+	Owner string
+	// Until is when the lease ends unless renewed.
+	Until time.Time
+}
+
+// SinkClaim asks for the lease of one delivery that the claimant has
+// seen with Attempts attempts. It is granted when the delivery is still
+// pending with exactly that many attempts (nobody attempted it since)
+// and its lease is free, ended, or the claimant's already.
+type SinkClaim struct {
+	ID       int64
+	Attempts int
+}
+
+// SinkBatch is what the delivery engine's writer commits in one
+// transaction: new deliveries, attempt records, then lease claims (which
+// therefore see the records before them).
+type SinkBatch struct {
+	// Creates are new deliveries, as for CreateSinkDeliveries. With
+	// Lease.Owner set, the pending ones are created leased to it: the node
+	// creating a delivery attempts it at once, with no claim in between.
+	Creates []SinkDelivery
+	// Records are attempt outcomes, as for RecordSinkAttempts. With
+	// Lease.Owner set, each is written only while the delivery's lease is
+	// still Lease.Owner's (ended or not: nobody took it over), and
+	// releases the lease; the others are refused.
+	Records []SinkAttemptRecord
+	// Claims are granted to Lease.Owner until Lease.Until.
+	Claims []SinkClaim
+	Lease  SinkLease
+	// Now is the time leases are compared with (default: the store's clock).
+	Now time.Time
+}
+
+// SinkBatchResult is what a SinkBatch did.
+type SinkBatchResult struct {
+	// Created are the deliveries created, with their ids (not those that
+	// existed already).
+	Created []SinkDelivery
+	// Refused are the delivery ids of the records not written: their
+	// lease is another node's now, or they are gone.
+	Refused []int64
+	// Claimed are the deliveries whose claims were granted, as stored now
+	// (without payloads).
+	Claimed []SinkDelivery
+}
+
+// WriteSinkBatch creates deliveries, records attempts and claims leases in
+// one transaction: the delivery engine's writer commits everything
+// waiting at once.
+func (s *DB) WriteSinkBatch(ctx context.Context, b SinkBatch) (SinkBatchResult, error) {
+	var res SinkBatchResult
+	if len(b.Creates) == 0 && len(b.Records) == 0 && len(b.Claims) == 0 {
+		return res, nil
 	}
-	var out []SinkDelivery
 	now := s.now()
+	if b.Now.IsZero() {
+		b.Now = now
+	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
-		if out, err = s.createSinkDeliveriesTx(ctx, tx, creates, now); err != nil {
+		res = SinkBatchResult{}
+		if res.Created, err = s.createSinkDeliveriesTx(ctx, tx, b.Creates, b.Lease, now); err != nil {
 			return fmt.Errorf("create deliveries: %w", err)
 		}
-		if err := s.recordSinkAttemptsTx(ctx, tx, recs, now); err != nil {
+		if res.Refused, err = s.recordSinkAttemptsTx(ctx, tx, b.Records, b.Lease.Owner, now); err != nil {
 			return fmt.Errorf("record attempts: %w", err)
+		}
+		if res.Claimed, err = s.claimSinkDeliveriesTx(ctx, tx, b.Claims, b.Lease, b.Now); err != nil {
+			return fmt.Errorf("claim deliveries: %w", err)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return SinkBatchResult{}, err
 	}
-	return out, nil
+	return res, nil
 }
 
 // The statements of the delivery engine's writes, prepared once.
 const (
 	insertSinkDelivery = `INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target,
-		route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, payload, created_at, updated_at, finished_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)
+		route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, payload, created_at, updated_at, finished_at,
+		lease_owner, lease_until)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (message_id) DO NOTHING RETURNING id`
 	updateSinkDelivery = `UPDATE deliveries SET status = ?, attempts = ?, tries = ?, next_at = ?,
 		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`
 	updateSinkDeliveryState = `UPDATE deliveries SET status = ?, tries = ?, next_at = ?,
 		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`
+	// The same, by the lease holder: refused once the lease is another's.
+	updateLeasedSinkDelivery = `UPDATE deliveries SET status = ?, attempts = ?, tries = ?, next_at = ?,
+		last_code = ?, last_error = ?, updated_at = ?, finished_at = ?, lease_owner = '', lease_until = 0
+		WHERE id = ? AND lease_owner = ?`
+	updateLeasedSinkDeliveryState = `UPDATE deliveries SET status = ?, tries = ?, next_at = ?,
+		last_code = ?, last_error = ?, updated_at = ?, finished_at = ?, lease_owner = '', lease_until = 0
+		WHERE id = ? AND lease_owner = ?`
 	insertSinkAttempt = `INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_us,
 		status_code, outcome, error, resp_headers, resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	claimSinkDelivery = `UPDATE deliveries SET lease_owner = ?, lease_until = ?
+		WHERE id = ? AND status = 'pending' AND attempts = ? AND (lease_owner = ? OR lease_until < ?)
+		RETURNING ` + deliveryCols
 )
 
-func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []SinkDelivery, now time.Time) ([]SinkDelivery, error) {
+func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []SinkDelivery, lease SinkLease, now time.Time) ([]SinkDelivery, error) {
 	if len(list) == 0 {
 		return nil, nil
 	}
@@ -187,14 +269,47 @@ func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []Sink
 			d.Payload = []byte{}
 		}
 		d.CreatedAt, d.UpdatedAt = now, now
+		d.LeaseOwner, d.LeaseUntil = "", nil
 		if d.Status != DeliveryPending {
 			d.NextAt, d.FinishedAt = nil, &now
+		} else if lease.Owner != "" {
+			until := lease.Until
+			d.LeaseOwner, d.LeaseUntil = lease.Owner, &until
 		}
 		err := p.QueryRow(insertSinkDelivery, d.MessageID, d.EventID, d.EventType, d.Sink, d.SinkType, d.Target,
 			d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError, d.Payload,
-			ms(now), ms(now), nullMS(d.FinishedAt)).Scan(&d.ID)
+			ms(now), ms(now), nullMS(d.FinishedAt), d.LeaseOwner, leaseMS(d.LeaseUntil)).Scan(&d.ID)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue // exists already
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+func leaseMS(t *time.Time) int64 {
+	if t == nil {
+		return 0
+	}
+	return ms(*t)
+}
+
+func (s *DB) claimSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, claims []SinkClaim, lease SinkLease, now time.Time) ([]SinkDelivery, error) {
+	if len(claims) == 0 {
+		return nil, nil
+	}
+	if lease.Owner == "" {
+		return nil, errors.New("a claim without a lease owner")
+	}
+	p := s.prepared(tx, ctx)
+	var out []SinkDelivery
+	for _, c := range claims {
+		d, err := scanSinkDelivery(p.QueryRow(claimSinkDelivery, lease.Owner, ms(lease.Until), c.ID, c.Attempts, lease.Owner, ms(now)))
+		if errors.Is(err, sql.ErrNoRows) {
+			continue // another node's, attempted meanwhile, or finished
 		}
 		if err != nil {
 			return nil, err
@@ -309,17 +424,20 @@ func (s *DB) PendingSinkDeliveries(ctx context.Context, after int64, dueBefore t
 }
 
 // RecordSinkAttempts logs attempts and updates their deliveries, all in one
-// transaction (the engine batches them).
-func (s *DB) RecordSinkAttempts(ctx context.Context, recs []SinkAttemptRecord) error {
-	_, err := s.WriteSinkBatch(ctx, nil, recs)
-	return err
+// transaction (the engine batches them). With owner set, a record is
+// written only while the delivery's lease is owner's, and releases it;
+// refused lists the delivery ids of the records refused.
+func (s *DB) RecordSinkAttempts(ctx context.Context, owner string, recs []SinkAttemptRecord) (refused []int64, err error) {
+	res, err := s.WriteSinkBatch(ctx, SinkBatch{Records: recs, Lease: SinkLease{Owner: owner}})
+	return res.Refused, err
 }
 
-func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAttemptRecord, now time.Time) error {
+func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAttemptRecord, owner string, now time.Time) ([]int64, error) {
 	if len(recs) == 0 {
-		return nil
+		return nil, nil
 	}
 	p := s.prepared(tx, ctx)
+	var refused []int64
 	for _, r := range recs {
 		a := r.Attempt
 		var fin *time.Time
@@ -327,38 +445,164 @@ func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAt
 		if r.Status != DeliveryPending {
 			fin, next = &now, nil
 		}
-		if a.Outcome == "" {
-			if _, err := p.Exec(updateSinkDeliveryState, r.Status, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID); err != nil {
-				return err
-			}
-			continue
+		var res sql.Result
+		var err error
+		switch {
+		case a.Outcome == "" && owner == "":
+			res, err = p.Exec(updateSinkDeliveryState, r.Status, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID)
+		case a.Outcome == "":
+			res, err = p.Exec(updateLeasedSinkDeliveryState, r.Status, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin),
+				a.DeliveryID, owner)
+		case a.Number < 1:
+			return nil, fmt.Errorf("attempt of delivery %d without a number", a.DeliveryID)
+		case owner == "":
+			res, err = p.Exec(updateSinkDelivery, r.Status, a.Number, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID)
+		default:
+			res, err = p.Exec(updateLeasedSinkDelivery, r.Status, a.Number, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin),
+				a.DeliveryID, owner)
 		}
-		if a.Number < 1 {
-			return fmt.Errorf("attempt of delivery %d without a number", a.DeliveryID)
-		}
-		res, err := p.Exec(updateSinkDelivery, r.Status, a.Number, r.Tries, nullMS(next), a.StatusCode, a.Error, ms(now), nullMS(fin), a.DeliveryID)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if n, err := res.RowsAffected(); err != nil {
-			return err
+			return nil, err
 		} else if n == 0 {
-			continue // deleted meanwhile
+			if owner != "" {
+				refused = append(refused, a.DeliveryID)
+			}
+			continue // taken over, or deleted meanwhile
+		}
+		if a.Outcome == "" {
+			continue
 		}
 		hdr := ""
 		if len(a.Header) > 0 {
 			b, err := json.Marshal(a.Header)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			hdr = string(b)
 		}
 		if _, err := p.Exec(insertSinkAttempt, a.DeliveryID, a.Number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
 			a.Outcome, a.Error, hdr, a.Body); err != nil {
-			return err
+			return nil, err
 		}
 	}
+	return refused, nil
+}
+
+// FreeSinkDeliveries lists, by id, the pending deliveries owner may take
+// (without payloads): those without a lease, with one that ended before
+// now, or with owner's own (left by its previous run). Those held by a
+// live node are not listed.
+func (s *DB) FreeSinkDeliveries(ctx context.Context, owner string, now time.Time, after int64, limit int) ([]SinkDelivery, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+deliveryCols+` FROM deliveries
+		WHERE status = ? AND id > ? AND (lease_owner = ? OR lease_until < ?) ORDER BY id LIMIT ?`),
+		DeliveryPending, after, owner, ms(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("free deliveries: %w", err)
+	}
+	return collectSinkDeliveries(rows, "free deliveries")
+}
+
+// PickupSinkDeliveries takes over pending deliveries that no node holds:
+// due before dueBefore, without a lease or with one that ended before
+// now; at most limit, earliest due first. It leases them to lease and
+// returns them (without payloads). Concurrent callers never get the same
+// delivery. When there is none, as on an idle hub, it costs one indexed
+// read and no write.
+func (s *DB) PickupSinkDeliveries(ctx context.Context, lease SinkLease, now, dueBefore time.Time, limit int) ([]SinkDelivery, error) {
+	if lease.Owner == "" {
+		return nil, errors.New("pick up deliveries: a lease owner is required")
+	}
+	const free = `status = ? AND next_at < ? AND lease_until < ?`
+	var one int
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT 1 FROM deliveries WHERE `+free+` LIMIT 1`), DeliveryPending, ms(dueBefore), ms(now)).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pick up deliveries: %w", err)
+	}
+	// PostgreSQL: rows another node is claiming are skipped, not waited
+	// for. SQLite has one writer at a time: the update is atomic as it is.
+	lock := ""
+	if s.postgres {
+		lock = ` FOR UPDATE SKIP LOCKED`
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`UPDATE deliveries SET lease_owner = ?, lease_until = ?
+		WHERE id IN (SELECT id FROM deliveries WHERE `+free+` ORDER BY next_at, id LIMIT ?`+lock+`)
+		RETURNING `+deliveryCols),
+		lease.Owner, ms(lease.Until), DeliveryPending, ms(dueBefore), ms(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("pick up deliveries: %w", err)
+	}
+	return collectSinkDeliveries(rows, "pick up deliveries")
+}
+
+// RenewSinkLeases extends owner's leases of the pending deliveries ids to
+// lease.Until, in one statement, and returns the ids renewed: a missing
+// one is no longer owner's to attempt (taken over after its lease ended,
+// or finished).
+func (s *DB) RenewSinkLeases(ctx context.Context, lease SinkLease, ids []int64) ([]int64, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	in, arg := s.idsIn(ids)
+	rows, err := s.db.QueryContext(ctx, s.q(`UPDATE deliveries SET lease_until = ? WHERE lease_owner = ? AND status = ? AND `+in+` RETURNING id`),
+		ms(lease.Until), lease.Owner, DeliveryPending, arg)
+	if err != nil {
+		return nil, fmt.Errorf("renew delivery leases: %w", err)
+	}
+	defer rows.Close()
+	out := make([]int64, 0, len(ids))
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("renew delivery leases: %w", err)
+		}
+		out = append(out, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("renew delivery leases: %w", err)
+	}
+	return out, nil
+}
+
+// ReleaseSinkLeases gives up owner's leases of ids, so that another node
+// takes the deliveries over at once (a node shutting down cleanly).
+func (s *DB) ReleaseSinkLeases(ctx context.Context, owner string, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	in, arg := s.idsIn(ids)
+	if _, err := s.db.ExecContext(ctx, s.q(`UPDATE deliveries SET lease_owner = '', lease_until = 0 WHERE lease_owner = ? AND `+in),
+		owner, arg); err != nil {
+		return fmt.Errorf("release delivery leases: %w", err)
+	}
 	return nil
+}
+
+// idsIn is the condition "id is one of ids" with ids as one parameter,
+// whatever their number: a JSON array for SQLite, an array for PostgreSQL.
+func (s *DB) idsIn(ids []int64) (string, any) {
+	var b strings.Builder
+	open, end := "[", "]"
+	if s.postgres {
+		open, end = "{", "}"
+	}
+	b.WriteString(open)
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(id, 10))
+	}
+	b.WriteString(end)
+	if s.postgres {
+		return `id = ANY(?::bigint[])`, b.String()
+	}
+	return `id IN (SELECT value FROM json_each(?))`, b.String()
 }
 
 // SinkAttempts returns the attempts of one delivery, oldest first.
@@ -389,10 +633,15 @@ func (s *DB) SinkAttempts(ctx context.Context, id int64) ([]SinkAttempt, error) 
 }
 
 // RedeliverSinkDelivery makes a delivery pending again, due at at, with a new
-// round of the retry schedule. A pending delivery is only made due.
+// round of the retry schedule. A pending delivery is only made due (and
+// keeps its lease: its holder may be attempting it); a finished one has
+// no lease, so any node may take it.
 func (s *DB) RedeliverSinkDelivery(ctx context.Context, id int64, at time.Time) (SinkDelivery, error) {
 	d, err := scanSinkDelivery(s.db.QueryRowContext(ctx, s.q(`UPDATE deliveries SET status = ?, tries = 0, next_at = ?, updated_at = ?,
-		finished_at = NULL WHERE id = ? RETURNING `+deliveryCols), DeliveryPending, ms(at), ms(s.now()), id))
+		finished_at = NULL,
+		lease_owner = CASE WHEN status = ? THEN lease_owner ELSE '' END,
+		lease_until = CASE WHEN status = ? THEN lease_until ELSE 0 END
+		WHERE id = ? RETURNING `+deliveryCols), DeliveryPending, ms(at), ms(s.now()), DeliveryPending, DeliveryPending, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("delivery %d: %w", id, ErrNotFound)
 	}
@@ -419,7 +668,8 @@ func (s *DB) RecoverSinkDeliveries(ctx context.Context, f SinkRecoverFilter, at 
 	if f.Sink == "" {
 		return nil, errors.New("recover deliveries: sink is required")
 	}
-	q := `UPDATE deliveries SET status = ?, tries = 0, next_at = ?, updated_at = ?, finished_at = NULL
+	q := `UPDATE deliveries SET status = ?, tries = 0, next_at = ?, updated_at = ?, finished_at = NULL,
+		lease_owner = '', lease_until = 0
 		WHERE status = ? AND sink = ? AND finished_at >= ?
 		AND NOT EXISTS (SELECT 1 FROM delivery_endpoints e WHERE e.sink = deliveries.sink AND e.target = deliveries.target
 			AND e.disabled_at IS NOT NULL)`

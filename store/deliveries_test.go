@@ -62,7 +62,7 @@ func TestDeliveriesAttemptsAndRedelivery(t *testing.T) {
 		}
 		id := got[0].ID
 		next := now.Add(5 * time.Second)
-		err = s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{
+		_, err = s.RecordSinkAttempts(ctx, "", []SinkAttemptRecord{{
 			Attempt: SinkAttempt{DeliveryID: id, Number: 1, Time: now, Duration: 1500 * time.Microsecond, StatusCode: 503,
 				Outcome: OutcomeRetry, Error: "HTTP 503", Header: http.Header{"Retry-After": {"5"}}, Body: []byte("busy")},
 			Status: DeliveryPending, Tries: 1, NextAt: &next,
@@ -80,7 +80,7 @@ func TestDeliveriesAttemptsAndRedelivery(t *testing.T) {
 		if due, _ := s.PendingSinkDeliveries(ctx, 0, next.Add(time.Millisecond), 10); len(due) != 1 {
 			t.Fatalf("due: %+v", due)
 		}
-		err = s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{
+		_, err = s.RecordSinkAttempts(ctx, "", []SinkAttemptRecord{{
 			Attempt: SinkAttempt{DeliveryID: id, Number: 2, Time: next, Duration: time.Millisecond, StatusCode: 400, Outcome: OutcomePermanent, Error: "HTTP 400"},
 			Status:  DeliveryFailed, Tries: 2,
 		}})
@@ -105,7 +105,7 @@ func TestDeliveriesAttemptsAndRedelivery(t *testing.T) {
 			t.Fatalf("redeliver missing: %v", err)
 		}
 		// An attempt record for a deleted delivery is skipped.
-		if err := s.RecordSinkAttempts(ctx, []SinkAttemptRecord{{Attempt: SinkAttempt{DeliveryID: 424242, Number: 1, Outcome: OutcomeSuccess}, Status: DeliverySucceeded}}); err != nil {
+		if _, err := s.RecordSinkAttempts(ctx, "", []SinkAttemptRecord{{Attempt: SinkAttempt{DeliveryID: 424242, Number: 1, Outcome: OutcomeSuccess}, Status: DeliverySucceeded}}); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -231,5 +231,195 @@ func TestDeliveryEndpointsAndRecover(t *testing.T) {
 		if _, err := s.RecoverSinkDeliveries(ctx, SinkRecoverFilter{}, now); err == nil {
 			t.Fatal("recover without a sink accepted")
 		}
+	})
+}
+
+// Leases: a delivery created by a node is leased to it; two nodes claiming
+// and picking up concurrently never get the same delivery; an ended lease
+// is taken over; a record by a node whose lease was taken over is refused
+// and changes nothing.
+func TestDeliveryLeases(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now()
+		a := SinkLease{Owner: "node-a", Until: now.Add(time.Hour)}
+		b := SinkLease{Owner: "node-b", Until: now.Add(time.Hour)}
+
+		// Created leased: node B can neither list nor claim them.
+		res, err := s.WriteSinkBatch(ctx, SinkBatch{Lease: a, Creates: []SinkDelivery{
+			newSinkDelivery("e1", "hook", "https://a", 1, now), newSinkDelivery("e2", "hook", "https://a", 1, now)}})
+		if err != nil || len(res.Created) != 2 || res.Created[0].LeaseOwner != "node-a" {
+			t.Fatalf("create leased: %+v %v", res, err)
+		}
+		ids := []int64{res.Created[0].ID, res.Created[1].ID}
+		if d, _ := s.SinkDelivery(ctx, ids[0]); d.LeaseOwner != "node-a" || d.LeaseUntil == nil || d.LeaseUntil.UnixMilli() != a.Until.UnixMilli() {
+			t.Fatalf("stored lease: %+v", d)
+		}
+		if l, _ := s.FreeSinkDeliveries(ctx, "node-b", now, 0, 10); len(l) != 0 {
+			t.Fatalf("node B sees node A's leased deliveries as free: %+v", l)
+		}
+		if l, _ := s.FreeSinkDeliveries(ctx, "node-a", now, 0, 10); len(l) != 2 {
+			t.Fatalf("node A's own leased deliveries: %+v", l)
+		}
+		if l, err := s.PickupSinkDeliveries(ctx, b, now, now.Add(time.Hour), 10); err != nil || len(l) != 0 {
+			t.Fatalf("node B picked up leased deliveries: %+v %v", l, err)
+		}
+		if r, _ := s.WriteSinkBatch(ctx, SinkBatch{Lease: b, Claims: []SinkClaim{{ID: ids[0]}}}); len(r.Claimed) != 0 {
+			t.Fatalf("node B's claim of a leased delivery granted: %+v", r.Claimed)
+		}
+		if got, err := s.RenewSinkLeases(ctx, b, ids); err != nil || len(got) != 0 {
+			t.Fatalf("node B renewed node A's leases: %v %v", got, err)
+		}
+		if got, err := s.RenewSinkLeases(ctx, SinkLease{Owner: "node-a", Until: now.Add(2 * time.Hour)}, ids); err != nil || len(got) != 2 {
+			t.Fatalf("renew: %v %v", got, err)
+		}
+
+		// The lease ends (node A died): node B takes the deliveries over.
+		later := now.Add(3 * time.Hour)
+		taken, err := s.PickupSinkDeliveries(ctx, SinkLease{Owner: "node-b", Until: later.Add(time.Minute)}, later, later, 10)
+		if err != nil || len(taken) != 2 || taken[0].LeaseOwner != "node-b" {
+			t.Fatalf("take-over: %+v %v", taken, err)
+		}
+		if got, _ := s.RenewSinkLeases(ctx, SinkLease{Owner: "node-a", Until: later.Add(time.Hour)}, ids); len(got) != 0 {
+			t.Fatalf("node A renewed leases node B took over: %v", got)
+		}
+		// Node A, back, records an attempt it made: refused, nothing written.
+		rec := func(id int64, n int, status string) SinkAttemptRecord {
+			next := later.Add(time.Minute)
+			r := SinkAttemptRecord{Attempt: SinkAttempt{DeliveryID: id, Number: n, Time: later, StatusCode: 503, Outcome: OutcomeRetry,
+				Error: "HTTP 503"}, Status: status, Tries: n}
+			if status == DeliveryPending {
+				r.NextAt = &next
+			} else {
+				r.Attempt.StatusCode, r.Attempt.Outcome, r.Attempt.Error = 200, OutcomeSuccess, ""
+			}
+			return r
+		}
+		refused, err := s.RecordSinkAttempts(ctx, "node-a", []SinkAttemptRecord{rec(ids[0], 1, DeliverySucceeded)})
+		if err != nil || len(refused) != 1 || refused[0] != ids[0] {
+			t.Fatalf("record after the take-over: refused %v, %v", refused, err)
+		}
+		if d, _ := s.SinkDelivery(ctx, ids[0]); d.Status != DeliveryPending || d.Attempts != 0 || d.LeaseOwner != "node-b" {
+			t.Fatalf("a refused record changed the delivery: %+v", d)
+		}
+		if atts, _ := s.SinkAttempts(ctx, ids[0]); len(atts) != 0 {
+			t.Fatalf("a refused record logged an attempt: %+v", atts)
+		}
+		// Node B's records are written and release the leases.
+		refused, err = s.RecordSinkAttempts(ctx, "node-b", []SinkAttemptRecord{rec(ids[0], 1, DeliveryPending), rec(ids[1], 1, DeliverySucceeded)})
+		if err != nil || len(refused) != 0 {
+			t.Fatalf("holder's records: refused %v, %v", refused, err)
+		}
+		d, _ := s.SinkDelivery(ctx, ids[0])
+		if d.Attempts != 1 || d.Status != DeliveryPending || d.LeaseOwner != "" || d.LeaseUntil != nil {
+			t.Fatalf("after the holder's record: %+v", d)
+		}
+		// A claim made on a stale view (0 attempts seen, 1 made) is refused;
+		// on the current one it is granted, with the row as it is.
+		r, err := s.WriteSinkBatch(ctx, SinkBatch{Lease: a, Claims: []SinkClaim{{ID: ids[0], Attempts: 0}}, Now: later})
+		if err != nil || len(r.Claimed) != 0 {
+			t.Fatalf("stale claim granted: %+v %v", r.Claimed, err)
+		}
+		a2 := SinkLease{Owner: "node-a", Until: later.Add(time.Minute)}
+		r, err = s.WriteSinkBatch(ctx, SinkBatch{Lease: a2, Claims: []SinkClaim{{ID: ids[0], Attempts: 1}, {ID: ids[1], Attempts: 1}}, Now: later})
+		if err != nil || len(r.Claimed) != 1 || r.Claimed[0].ID != ids[0] || r.Claimed[0].Attempts != 1 || r.Claimed[0].LeaseOwner != "node-a" {
+			t.Fatalf("claim (the succeeded one must not be granted): %+v %v", r.Claimed, err)
+		}
+		// Redelivering a pending delivery keeps its holder's lease; a
+		// finished one comes back without a lease.
+		if d, _ := s.RedeliverSinkDelivery(ctx, ids[0], later); d.LeaseOwner != "node-a" {
+			t.Fatalf("redelivery of a pending delivery dropped its lease: %+v", d)
+		}
+		if d, _ := s.RedeliverSinkDelivery(ctx, ids[1], later); d.LeaseOwner != "" || d.Status != DeliveryPending {
+			t.Fatalf("redelivery of a finished delivery: %+v", d)
+		}
+		// A clean stop releases: free at once for another node.
+		if err := s.ReleaseSinkLeases(ctx, "node-a", ids); err != nil {
+			t.Fatal(err)
+		}
+		if l, _ := s.FreeSinkDeliveries(ctx, "node-b", now, 0, 10); len(l) != 2 {
+			t.Fatalf("released deliveries not free: %+v", l)
+		}
+	})
+}
+
+// Two nodes claiming the same free deliveries at once, by pick-up and by
+// claim, never both get one; together they get every one.
+func TestDeliveryLeasesConcurrentClaims(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now()
+		const n = 120
+		var list []SinkDelivery
+		for i := range n {
+			list = append(list, newSinkDelivery(fmt.Sprintf("e%d", i), "hook", "https://a", 1, now.Add(-time.Minute)))
+		}
+		created, err := s.CreateSinkDeliveries(ctx, list)
+		if err != nil || len(created) != n {
+			t.Fatalf("create: %d %v", len(created), err)
+		}
+		got := make([][]int64, 2)
+		errs := make(chan error, 2)
+		for node := range 2 {
+			go func() {
+				lease := SinkLease{Owner: fmt.Sprintf("node-%d", node), Until: now.Add(time.Hour)}
+				for round := 0; ; round++ {
+					// Node 0 claims one by one from the lowest id, node 1 from
+					// the highest; both pick up in batches of 7 in between.
+					var claims []SinkClaim
+					for k := range 5 {
+						i := (round*5 + k) % n
+						if node == 1 {
+							i = n - 1 - i
+						}
+						claims = append(claims, SinkClaim{ID: created[i].ID})
+					}
+					r, err := s.WriteSinkBatch(ctx, SinkBatch{Lease: lease, Claims: claims, Now: now})
+					if err != nil {
+						errs <- err
+						return
+					}
+					for _, d := range r.Claimed {
+						got[node] = append(got[node], d.ID)
+					}
+					p, err := s.PickupSinkDeliveries(ctx, lease, now, now, 7)
+					if err != nil {
+						errs <- err
+						return
+					}
+					for _, d := range p {
+						got[node] = append(got[node], d.ID)
+					}
+					if len(p) == 0 && round*5 >= n {
+						errs <- nil
+						return
+					}
+				}
+			}()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A node's claim of its own lease is granted again: count each
+		// delivery once per node.
+		seen := map[int64]int{}
+		for node, ids := range got {
+			for _, id := range ids {
+				if prev, ok := seen[id]; ok && prev != node {
+					t.Fatalf("delivery %d granted to node %d and node %d", id, prev, node)
+				}
+				seen[id] = node
+			}
+		}
+		if len(seen) != n {
+			t.Fatalf("%d of %d deliveries claimed", len(seen), n)
+		}
+		counts := [2]int{}
+		for _, node := range seen {
+			counts[node]++
+		}
+		t.Logf("node 0 got %d, node 1 got %d", counts[0], counts[1])
 	})
 }

@@ -13,6 +13,11 @@
 // builds do not wait for them. A target that answers 410 Gone, or fails
 // without a success for too long, is disabled, and the engine raises an
 // endpoint-disabled event that the rules can route.
+//
+// Several hub nodes may share one store: only the node holding a
+// delivery's lease attempts it (see lease.go). The node that creates a
+// delivery holds it from the start; a node that dies leaves its
+// deliveries to the others once their leases end.
 package delivery
 
 import (
@@ -42,9 +47,12 @@ type Store interface {
 	CreateSinkDeliveries(ctx context.Context, list []store.SinkDelivery) ([]store.SinkDelivery, error)
 	SinkDelivery(ctx context.Context, id int64) (store.SinkDelivery, error)
 	SinkDeliveryPayload(ctx context.Context, id int64) ([]byte, error)
-	PendingSinkDeliveries(ctx context.Context, after int64, dueBefore time.Time, limit int) ([]store.SinkDelivery, error)
-	RecordSinkAttempts(ctx context.Context, recs []store.SinkAttemptRecord) error
-	WriteSinkBatch(ctx context.Context, creates []store.SinkDelivery, recs []store.SinkAttemptRecord) ([]store.SinkDelivery, error)
+	FreeSinkDeliveries(ctx context.Context, owner string, now time.Time, after int64, limit int) ([]store.SinkDelivery, error)
+	PickupSinkDeliveries(ctx context.Context, lease store.SinkLease, now, dueBefore time.Time, limit int) ([]store.SinkDelivery, error)
+	RenewSinkLeases(ctx context.Context, lease store.SinkLease, ids []int64) ([]int64, error)
+	ReleaseSinkLeases(ctx context.Context, owner string, ids []int64) error
+	RecordSinkAttempts(ctx context.Context, owner string, recs []store.SinkAttemptRecord) ([]int64, error)
+	WriteSinkBatch(ctx context.Context, b store.SinkBatch) (store.SinkBatchResult, error)
 	RedeliverSinkDelivery(ctx context.Context, id int64, at time.Time) (store.SinkDelivery, error)
 	RecoverSinkDeliveries(ctx context.Context, f store.SinkRecoverFilter, at time.Time) ([]store.SinkDelivery, error)
 	SinkEndpoints(ctx context.Context, sink string) ([]store.SinkEndpoint, error)
@@ -75,10 +83,25 @@ type Config struct {
 	// MaxResponseBody caps the response body kept per attempt (default
 	// 4 KiB).
 	MaxResponseBody int
+	// NodeID names this node in the deliveries' leases. Nodes sharing a
+	// store need different ones; a node should keep its id across
+	// restarts, so that it takes back at once what it held when it
+	// stopped (another id waits for those leases to end). Default: the
+	// host name and a random suffix.
+	NodeID string
+	// LeaseTTL is how long a delivery's lease lasts unless renewed
+	// (default 30s): a node that dies leaves the deliveries it held to
+	// the others after this long. RenewInterval is how often the node
+	// renews the leases it holds, all in one statement (default
+	// LeaseTTL/3).
+	LeaseTTL, RenewInterval time.Duration
 	// ResyncInterval is how often the store is searched for pending
-	// deliveries overdue by StaleAfter that the engine does not hold (left
-	// by another node, or by a failed store write), and for
-	// endpoint-disabled events not yet emitted (default 1m, 2m).
+	// deliveries that no node holds, due for StaleAfter at least: left by
+	// a node that died (once their leases end) or by a failed store write
+	// (default LeaseTTL/3 and LeaseTTL/3). Finding none costs one indexed
+	// read. StaleAfter leaves a node the time to take up its own retries
+	// when they come due. Endpoint-disabled events not yet emitted are
+	// searched for every minute.
 	ResyncInterval, StaleAfter time.Duration
 	// ShutdownGrace is how long Close lets attempts in flight finish
 	// before cancelling them (default 2s). A cancelled attempt is not
@@ -115,11 +138,20 @@ func (c *Config) setDefaults() {
 	if c.MaxResponseBody == 0 {
 		c.MaxResponseBody = 4 << 10
 	}
+	if c.NodeID == "" {
+		c.NodeID = DefaultNodeID()
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 30 * time.Second
+	}
+	if c.RenewInterval == 0 {
+		c.RenewInterval = c.LeaseTTL / 3
+	}
 	if c.ResyncInterval == 0 {
-		c.ResyncInterval = time.Minute
+		c.ResyncInterval = c.LeaseTTL / 3
 	}
 	if c.StaleAfter == 0 {
-		c.StaleAfter = 2 * time.Minute
+		c.StaleAfter = c.LeaseTTL / 3
 	}
 	if c.GroupCommitWait == 0 {
 		c.GroupCommitWait = time.Millisecond
@@ -155,6 +187,10 @@ func (c *Config) Validate() error {
 		return errors.New("delivery: Config.MaxResponseBody must not be negative")
 	case c.ResyncInterval < 0 || c.StaleAfter < 0 || c.ShutdownGrace < 0 || c.RecordDelay < 0:
 		return errors.New("delivery: Config.ResyncInterval, StaleAfter, ShutdownGrace and RecordDelay must not be negative")
+	case c.LeaseTTL < 0 || c.RenewInterval < 0:
+		return errors.New("delivery: Config.LeaseTTL and RenewInterval must not be negative")
+	case c.RenewInterval >= c.LeaseTTL:
+		return fmt.Errorf("delivery: Config.RenewInterval (%s) must be shorter than LeaseTTL (%s)", c.RenewInterval, c.LeaseTTL)
 	}
 	if err := c.Policy.Validate(); err != nil {
 		return fmt.Errorf("delivery: Config.Policy: %w", err)
@@ -188,6 +224,10 @@ type Engine struct {
 	started    bool
 	running    bool
 	closed     bool
+	// abandoned are deliveries still leased to this node that it stopped
+	// holding (attempts cancelled by Close): released at Close.
+	abandoned []int64
+	leaseGen  uint64 // numbers the leases taken, see item.leaseGen
 
 	preparing      atomic.Int64 // Enqueue calls preparing rows to send to the writer
 	wake           chan struct{}
@@ -200,6 +240,9 @@ type Engine struct {
 	cancelAttempts context.CancelFunc
 	workers        sync.WaitGroup
 	background     sync.WaitGroup
+	// leaseNow is the clock of the leases: real time, whatever Now is,
+	// since other nodes compare the leases with theirs.
+	leaseNow func() time.Time
 }
 
 type tkey struct{ sink, target string }
@@ -228,7 +271,7 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: cfg.Logger.With("component", "delivery"),
 		sinks: map[string]*sinkEntry{}, targets: map[tkey]*target{}, items: map[int64]*item{},
 		unrecorded: map[int64]bool{}, skipped: map[string]bool{},
-		wake: make(chan struct{}, 1), recs: make(chan recOp, 1024)}
+		wake: make(chan struct{}, 1), recs: make(chan recOp, 1024), leaseNow: time.Now}
 	e.bg, e.stopBG = context.WithCancel(context.Background())
 	e.attemptCtx, e.cancelAttempts = context.WithCancel(context.Background())
 	var err error
@@ -307,8 +350,9 @@ func (e *Engine) closeSink(ent *sinkEntry) {
 	}
 }
 
-// Start loads the endpoints' state and every pending delivery from the
-// store and starts delivering. The engine runs until Close.
+// Start loads the endpoints' state and the pending deliveries no other
+// node holds from the store and starts delivering. The engine runs until
+// Close.
 func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Lock()
 	if e.closed {
@@ -337,21 +381,23 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 	}
 	e.mu.Unlock()
-	n, err := e.loadPending(ctx, time.Time{})
+	n, err := e.loadPending(ctx)
 	if err != nil {
 		return err
 	}
 	if n > 0 {
 		e.log.Info("pending deliveries loaded", "count", n)
 	}
+	e.log.Debug("delivery leases", "node", e.cfg.NodeID, "ttl", e.cfg.LeaseTTL)
 
 	// The writer first: the first attempts' records go to it.
 	e.recMu.Lock()
 	e.recOpen = true
 	e.recMu.Unlock()
-	e.background.Add(3)
+	e.background.Add(4)
 	go e.writer()
 	go e.schedule()
+	go e.renew()
 	e.mu.Lock()
 	e.running = true
 	now := e.cfg.Now()
@@ -365,7 +411,8 @@ func (e *Engine) Start(ctx context.Context) error {
 
 // Close stops the engine: no new attempt starts, attempts in flight get
 // ShutdownGrace to end, attempt logs are written, sinks are closed.
-// Pending deliveries stay in the store for the next Start.
+// Pending deliveries stay in the store for the next Start, their leases
+// released so that another node takes them over at once.
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	if e.closed {
@@ -394,6 +441,7 @@ func (e *Engine) Close() error {
 	}
 	e.recMu.Unlock()
 	e.background.Wait()
+	e.releaseAll()
 	e.mu.Lock()
 	var ents []*sinkEntry
 	for _, ent := range e.sinks {
@@ -472,7 +520,8 @@ func (e *Engine) Enqueue(ctx context.Context, ds []sinks.Delivery) error {
 	return nil
 }
 
-// admit queues the deliveries just created, with their messages.
+// admit queues the deliveries just created, with their messages (and the
+// leases they were created with).
 func (e *Engine) admit(ctx context.Context, created []store.SinkDelivery, msgs map[dkey]*sinks.Delivery) {
 	var refused []*item
 	e.mu.Lock()
@@ -488,6 +537,7 @@ func (e *Engine) admit(ctx context.Context, created []store.SinkDelivery, msgs m
 		}
 		it := itemFrom(row)
 		it.d = msgs[dkey{row.EventID, row.Sink, row.Target}]
+		e.leased(it, row)
 		if !e.add(it, now) {
 			refused = append(refused, it)
 		}
@@ -567,7 +617,8 @@ func (e *Engine) failDisabled(ctx context.Context, list []*item) {
 			Status: store.DeliveryFailed, Tries: it.tries}
 		e.m.dead.WithLabelValues(it.sink, it.t.name).Inc()
 	}
-	if err := e.cfg.Store.RecordSinkAttempts(ctx, recs); err != nil {
+	// Like DisableSinkEndpoint, whoever holds their leases.
+	if _, err := e.cfg.Store.RecordSinkAttempts(ctx, "", recs); err != nil {
 		e.log.Error("failing deliveries of a disabled endpoint", "count", len(list), "err", err)
 	}
 }
@@ -694,8 +745,14 @@ func (e *Engine) work(t *target) {
 			}
 			wait = t.limiter.take(now)
 		}
+		// A delivery this node did not create, or whose lease may be
+		// about to end, is claimed first: another node may hold it.
+		claim, seen := !e.holds(it, e.leaseNow()), it.attempts
 		e.mu.Unlock()
 
+		if claim && !e.claim(t, it, ent, seen) {
+			continue
+		}
 		res := e.attempt(it, ent, wait)
 		fx := e.finish(t, it, ent, &pol, res)
 		e.apply(fx)
@@ -782,6 +839,7 @@ type effects struct {
 	disable   string     // the endpoint was disabled for this reason: persist it
 	dropped   []*item    // the items that disabling took out of the queue
 	closeSink *sinkEntry
+	requeue   *item // a retry, queued again after its record is sent
 }
 
 // finish applies an attempt's result to the item and its target.
@@ -798,11 +856,16 @@ func (e *Engine) finish(t *target, it *item, ent *sinkEntry, pol *Policy, res re
 		}
 	}
 	if res.aborted {
-		// Still pending in the store: the next start attempts it again.
+		// Still pending in the store: the next start attempts it again,
+		// or another node once Close releases its lease.
 		t.remove(it)
 		delete(e.items, it.id)
+		if !it.lease.IsZero() {
+			e.abandoned = append(e.abandoned, it.id)
+		}
 		return fx
 	}
+	it.lease = time.Time{} // the record releases it
 	now := e.cfg.Now()
 	it.attempts++
 	it.tries++
@@ -868,8 +931,10 @@ func (e *Engine) finish(t *target, it *item, ent *sinkEntry, pol *Policy, res re
 	rec.Attempt = a
 	fx.rec = rec
 	if rec.Status == store.DeliveryPending {
+		// Queued again once the record is on its way to the writer
+		// (apply): a claim of the retry must reach the store after it.
 		it.due = *rec.NextAt
-		t.requeue(it)
+		fx.requeue = it
 	} else {
 		if rec.Status == store.DeliveryFailed {
 			e.m.dead.WithLabelValues(labels...).Inc()
@@ -885,6 +950,13 @@ func (e *Engine) finish(t *target, it *item, ent *sinkEntry, pol *Policy, res re
 func (e *Engine) apply(fx effects) {
 	if fx.rec != nil {
 		e.send(recOp{rec: *fx.rec})
+	}
+	if it := fx.requeue; it != nil {
+		e.mu.Lock()
+		if e.items[it.id] == it && !it.inflight && it.heapIdx < 0 {
+			it.t.requeue(it)
+		}
+		e.mu.Unlock()
 	}
 	ctx := e.bg
 	if fx.failing != nil || fx.healthy {
@@ -903,13 +975,14 @@ func (e *Engine) apply(fx effects) {
 }
 
 // recOp is work for the writer: deliveries to create (the result goes
-// to reply), an attempt record to write, or a barrier (done is closed
-// once everything sent before it is written).
+// to reply), an attempt record to write, a lease to claim, or a barrier
+// (done is closed once everything sent before it is written).
 type recOp struct {
 	create []store.SinkDelivery
 	msgs   map[dkey]*sinks.Delivery
 	reply  chan error
 	rec    store.SinkAttemptRecord
+	claim  *claimOp
 	done   chan struct{}
 }
 
@@ -971,6 +1044,7 @@ func (e *Engine) writer() {
 	var (
 		recs     []store.SinkAttemptRecord
 		creates  []recOp
+		claims   []*claimOp
 		barriers []chan struct{}
 		oldest   time.Time // of the records waiting
 		closed   bool
@@ -985,6 +1059,8 @@ func (e *Engine) writer() {
 			creates = append(creates, op)
 		case op.done != nil:
 			barriers = append(barriers, op.done)
+		case op.claim != nil:
+			claims = append(claims, op.claim)
 		default:
 			if len(recs) == 0 {
 				oldest = time.Now()
@@ -1015,7 +1091,7 @@ func (e *Engine) writer() {
 			timer.Stop()
 		}
 		drain := func() {
-			for !closed && len(recs) < maxRecs && len(creates) < 256 {
+			for !closed && len(recs) < maxRecs && len(creates) < 256 && len(claims) < 256 {
 				select {
 				case op, ok := <-e.recs:
 					if !ok {
@@ -1051,23 +1127,25 @@ func (e *Engine) writer() {
 			timer.Stop()
 			drain()
 		}
-		if len(creates) == 0 && len(barriers) == 0 && len(recs) < maxRecs && !closed && time.Since(oldest) < e.cfg.RecordDelay {
+		if len(creates) == 0 && len(claims) == 0 && len(barriers) == 0 && len(recs) < maxRecs && !closed &&
+			time.Since(oldest) < e.cfg.RecordDelay {
 			continue
 		}
-		e.writeBatch(creates, recs)
+		e.writeBatch(creates, recs, claims)
 		last = time.Now()
 		for _, b := range barriers {
 			close(b)
 		}
-		recs, creates, barriers = recs[:0], creates[:0], barriers[:0]
+		recs, creates, claims, barriers = recs[:0], creates[:0], claims[:0], barriers[:0]
 	}
 }
 
 // writeBatch persists the deliveries of several Enqueue calls and queues
-// them, and writes attempt records, in one transaction; when it fails,
-// the two parts are tried apart (a failed create is reported to its
-// callers, who retry; records are retried here).
-func (e *Engine) writeBatch(creates []recOp, recs []store.SinkAttemptRecord) {
+// them, writes attempt records and claims leases, in one transaction;
+// when it fails, the parts are tried apart (a failed create is reported
+// to its callers, who retry; records are retried here; a failed claim is
+// reported to its worker, which tries again later).
+func (e *Engine) writeBatch(creates []recOp, recs []store.SinkAttemptRecord, claims []*claimOp) {
 	var all []store.SinkDelivery
 	msgs := map[dkey]*sinks.Delivery{}
 	for _, op := range creates {
@@ -1076,33 +1154,51 @@ func (e *Engine) writeBatch(creates []recOp, recs []store.SinkAttemptRecord) {
 			msgs[k] = v
 		}
 	}
+	b := store.SinkBatch{Creates: all, Records: recs}
+	b.Lease, b.Now = e.lease()
+	for _, c := range claims {
+		b.Claims = append(b.Claims, store.SinkClaim{ID: c.id, Attempts: c.attempts})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	created, err := e.cfg.Store.WriteSinkBatch(ctx, all, recs)
-	if err != nil && len(all) > 0 && len(recs) > 0 {
-		created, err = e.cfg.Store.CreateSinkDeliveries(ctx, all)
-		e.write(recs)
-	} else if err == nil && len(recs) > 0 {
-		e.recorded(recs)
-	} else if err != nil && len(recs) > 0 {
-		e.write(recs)
+	res, err := e.cfg.Store.WriteSinkBatch(ctx, b)
+	createErr, claimErr := err, err
+	if err != nil {
+		if len(all) > 0 && (len(recs) > 0 || len(claims) > 0) {
+			var r store.SinkBatchResult
+			r, createErr = e.cfg.Store.WriteSinkBatch(ctx, store.SinkBatch{Creates: all, Lease: b.Lease, Now: b.Now})
+			res.Created = r.Created
+		}
+		if len(recs) > 0 {
+			e.write(recs)
+		}
+	} else if len(recs) > 0 {
+		e.recorded(recs, res.Refused)
 	}
-	if err == nil && len(all) > 0 {
-		e.admit(ctx, created, msgs)
+	if createErr == nil && len(all) > 0 {
+		e.admit(ctx, res.Created, msgs)
 	}
 	for _, op := range creates {
-		op.reply <- err
+		op.reply <- createErr
+	}
+	granted := make(map[int64]*store.SinkDelivery, len(res.Claimed))
+	for i := range res.Claimed {
+		granted[res.Claimed[i].ID] = &res.Claimed[i]
+	}
+	for _, c := range claims {
+		c.reply <- claimResult{row: granted[c.id], err: claimErr}
 	}
 }
 
 func (e *Engine) write(batch []store.SinkAttemptRecord) {
 	var err error
+	var refused []int64
 	for try := 0; try < 5; try++ {
 		if try > 0 {
 			time.Sleep(time.Duration(50<<try) * time.Millisecond)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err = e.cfg.Store.RecordSinkAttempts(ctx, batch)
+		refused, err = e.cfg.Store.RecordSinkAttempts(ctx, e.cfg.NodeID, batch)
 		cancel()
 		if err == nil {
 			break
@@ -1113,25 +1209,40 @@ func (e *Engine) write(batch []store.SinkAttemptRecord) {
 		// attempted again (resync, or the next start), with the same id.
 		e.log.Error("attempt log not written; those deliveries will be attempted again", "count", len(batch), "err", err)
 	}
-	e.recorded(batch)
+	e.recorded(batch, refused)
 }
 
-// recorded forgets the finished deliveries whose records were written.
-func (e *Engine) recorded(batch []store.SinkAttemptRecord) {
+// recorded forgets the finished deliveries whose records were written,
+// and the deliveries whose records were refused: another node took them
+// over when their leases ended (this node stalled, or lost the store for
+// longer than LeaseTTL); the attempt this node made is not logged, and
+// the other node's state stands.
+func (e *Engine) recorded(batch []store.SinkAttemptRecord, refused []int64) {
 	e.mu.Lock()
 	for _, r := range batch {
 		delete(e.unrecorded, r.Attempt.DeliveryID)
 	}
+	for _, id := range refused {
+		if it := e.items[id]; it != nil && !it.inflight {
+			it.t.remove(it)
+			delete(e.items, id)
+		}
+	}
 	e.mu.Unlock()
+	if len(refused) > 0 {
+		e.m.refused.Add(float64(len(refused)))
+		e.log.Warn("attempt records refused: another node took these deliveries over after their leases ended; "+
+			"the destination may see them again, with the same message id", "count", len(refused), "delivery_ids", refused)
+	}
 }
 
-// loadPending adds the store's pending deliveries the engine does not
-// hold: all of them, or those due before dueBefore.
-func (e *Engine) loadPending(ctx context.Context, dueBefore time.Time) (int, error) {
+// loadPending adds the store's pending deliveries that no other node
+// holds. They are claimed one by one when they come due.
+func (e *Engine) loadPending(ctx context.Context) (int, error) {
 	var after int64
 	n := 0
 	for {
-		rows, err := e.cfg.Store.PendingSinkDeliveries(ctx, after, dueBefore, 1000)
+		rows, err := e.cfg.Store.FreeSinkDeliveries(ctx, e.cfg.NodeID, e.leaseNow(), after, 1000)
 		if err != nil {
 			return n, fmt.Errorf("delivery: load pending deliveries: %w", err)
 		}
@@ -1151,15 +1262,10 @@ func (e *Engine) loadPending(ctx context.Context, dueBefore time.Time) (int, err
 			if it.due.IsZero() {
 				it.due = now
 			}
-			t := e.target(row.Sink, row.Target)
-			if t.disabled {
-				it.t = t
+			if !e.add(it, now) {
 				refused = append(refused, it)
 				continue
 			}
-			t.add(it)
-			e.items[it.id] = it
-			e.kick(t, now)
 			n++
 		}
 		e.mu.Unlock()
@@ -1167,25 +1273,29 @@ func (e *Engine) loadPending(ctx context.Context, dueBefore time.Time) (int, err
 	}
 }
 
-// resync picks up pending deliveries nobody attempts and emits
-// endpoint-disabled events not yet emitted.
+// resync takes over, every ResyncInterval, the pending deliveries no
+// node holds, and emits endpoint-disabled events not yet emitted.
 func (e *Engine) resync() {
 	defer e.background.Done()
 	tick := time.NewTicker(e.cfg.ResyncInterval)
 	defer tick.Stop()
+	var notified time.Time
 	for {
-		e.notifyPending(e.bg)
+		if time.Since(notified) >= time.Minute {
+			e.notifyPending(e.bg)
+			notified = time.Now()
+		}
 		select {
 		case <-e.bg.Done():
 			return
 		case <-tick.C:
 		}
-		n, err := e.loadPending(e.bg, e.cfg.Now().Add(-e.cfg.StaleAfter))
+		n, err := e.pickup(e.bg)
 		if err != nil && e.bg.Err() == nil {
 			e.log.Error("resync", "err", err)
 		}
 		if n > 0 {
-			e.log.Warn("overdue deliveries picked up from the store", "count", n)
+			e.log.Warn("deliveries no node held taken over from the store (a node stopped, or a store write failed)", "count", n)
 		}
 	}
 }
@@ -1407,10 +1517,10 @@ func (e *Engine) EnableEndpoint(ctx context.Context, sink, target string) error 
 
 // targetStats is one target's state for the metrics.
 type targetStats struct {
-	sink, target     string
-	pending, retries int
-	oldest           time.Duration
-	disabled         bool
+	sink, target           string
+	pending, retries, held int
+	oldest                 time.Duration
+	disabled               bool
 }
 
 func (e *Engine) stats() []targetStats {
@@ -1428,6 +1538,9 @@ func (e *Engine) stats() []targetStats {
 		s.pending++
 		if it.tries > 0 {
 			s.retries++
+		}
+		if !it.lease.IsZero() {
+			s.held++
 		}
 		if age := now.Sub(it.created); age > s.oldest {
 			s.oldest = age

@@ -293,7 +293,12 @@ func TestFailingTooLongDisables(t *testing.T) {
 			continue
 		}
 		d = h.waitRow("hook", ev.ID, 5*time.Second, func(d store.SinkDelivery) bool { return d.Status == store.DeliveryFailed })
-		eps, _ = h.store.SinkEndpoints(context.Background(), "hook")
+		// The attempt's record is written before the endpoint is disabled.
+		deadline := time.Now().Add(5 * time.Second)
+		for eps, _ = h.store.SinkEndpoints(context.Background(), "hook"); eps[0].DisabledAt == nil && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+			eps, _ = h.store.SinkEndpoints(context.Background(), "hook")
+		}
 		if eps[0].DisabledAt == nil || !strings.Contains(eps[0].Reason, "failing without a success since") {
 			t.Fatalf("not disabled after failing for %s: %+v (delivery %+v)", failingFor, eps, d)
 		}

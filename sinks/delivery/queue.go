@@ -29,6 +29,13 @@ type item struct {
 	heapIdx   int // index in target.ready, -1 when not there
 	inflight  bool
 	t         *target
+	// lease is when this node's lease of the delivery ends, on the
+	// engine's lease clock; zero when the node does not hold it (it
+	// claims it before an attempt). leaseGen numbers the lease, so that a
+	// renewal answered after the lease was given up and taken again does
+	// not judge the new one.
+	lease    time.Time
+	leaseGen uint64
 }
 
 // target is the queue of one (sink, target): its own workers, its own
