@@ -75,6 +75,9 @@ type DeliveriesConfig struct {
 	// WebhookAllow lets webhooks reach networks the SSRF guard refuses by
 	// default (loopback, private, link-local, …).
 	WebhookAllow string `yaml:"webhook_allow" help:"comma-separated addresses or networks (CIDR) webhooks may reach although loopback or private"`
+	// LeaseTTL is how long a node's lease of a delivery lasts unrenewed:
+	// with several nodes, how soon a dead node's deliveries are taken over.
+	LeaseTTL time.Duration `yaml:"lease_ttl" help:"how long a node holds a delivery without renewing its lease (several nodes: a dead node's deliveries go to the others after this)"`
 }
 
 // RealtimeConfig configures the embedded Pusher-protocol server.
@@ -110,6 +113,7 @@ func defaultConfig() Config {
 		LogLevel:         "info",
 		LogFormat:        "text",
 		Realtime:         RealtimeConfig{AppID: "buildbridge", Key: "buildbridge", Cluster: "local", MaxChannels: 10},
+		Deliveries:       DeliveriesConfig{LeaseTTL: 30 * time.Second},
 		Usage: UsageConfig{RateLimit: 600, RateWindow: time.Minute, FlushInterval: 5 * time.Second,
 			APIUsageInterval: 5 * time.Second, SystemInterval: 5 * time.Second},
 	}
@@ -150,6 +154,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RunnerLeaseTTL < time.Second || c.RunnerLeaseTTL > 10*time.Minute {
 		bad("runner_lease_ttl", "must be between 1s and 10m, got %s", c.RunnerLeaseTTL)
+	}
+	if c.Deliveries.LeaseTTL < time.Second || c.Deliveries.LeaseTTL > 10*time.Minute {
+		bad("deliveries.lease_ttl", "must be between 1s and 10m, got %s", c.Deliveries.LeaseTTL)
 	}
 	if c.OnRestart != "error" && c.OnRestart != "requeue" {
 		bad("on_restart", "must be \"error\" or \"requeue\", got %q", c.OnRestart)

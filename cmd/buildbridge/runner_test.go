@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -202,7 +203,8 @@ func TestRemoteRunners(t *testing.T) {
 // TestRemoteRunnersTwoNodes runs two `serve` nodes on one PostgreSQL and
 // one NATS, and a runner on each: builds triggered through either node all
 // run once; a runner SIGKILLed mid-build loses its lease and, with
-// on_restart: requeue, the other runner runs the build to the end.
+// on_restart: requeue, the other runner runs the build to the end; a
+// webhook receiver gets every event once, with one webhook-id.
 func TestRemoteRunnersTwoNodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two-node test skipped in -short mode")
@@ -217,7 +219,11 @@ func TestRemoteRunnersTwoNodes(t *testing.T) {
 	repo := newTestRepo(t)
 	repo.commit(t, "main", "fast", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: sleep 0.5; echo ok\n"})
 	repo.commit(t, "slow", "slow", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: echo slow-started; sleep 4; echo slow-done\n"})
-	args := []string{"--postgres", dsn, "--nats-url", nurl, "--nats-namespace", ns, "--on-restart", "requeue"}
+	recv := newHookReceiver(t)
+	t.Setenv("HOOK_SECRET", hookSecret)
+	t.Setenv("BUILDBRIDGE_DELIVERIES_WEBHOOK_ALLOW", "127.0.0.1")
+	rules := writeRules(t, filepath.Join(t.TempDir(), "rules.yaml"), hookRules(recv.srv.URL, "[0s, 1s]"))
+	args := []string{"--postgres", dsn, "--nats-url", nurl, "--nats-namespace", ns, "--on-restart", "requeue", "--rules", rules}
 	addrA, addrB := freeAddr(t), freeAddr(t)
 	startServer(t, dataA, addrA, newEventLog(), args...)
 	startServer(t, dataB, addrB, newEventLog(), args...)
@@ -270,6 +276,67 @@ func TestRemoteRunnersTwoNodes(t *testing.T) {
 	if d := time.Since(killed); d < 4*time.Second {
 		t.Fatalf("build finished %s after its runner was killed; it cannot have rerun", d)
 	}
+	if dups := hookEachEvent(t, b, recv, append(ids, id)); dups != 0 {
+		t.Fatalf("%d events accepted twice although no node stopped", dups)
+	}
+}
+
+// hookEachEvent waits until every committed event of the builds is
+// accepted by the receiver, checks that each reached it under one
+// webhook-id only, and returns how many were accepted more than once
+// (with that id: a node killed between an attempt and its record).
+func hookEachEvent(t *testing.T, c client, recv *hookReceiver, builds []int64) (dups int) {
+	t.Helper()
+	var committed []string
+	for _, b := range builds {
+		m := c.mustCall(t, 200, "GET", fmt.Sprintf("/api/v1/builds/%d/events", b), nil)
+		l, _ := m["events"].([]any)
+		for _, e := range l {
+			committed = append(committed, e.(map[string]any)["event_id"].(string))
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := map[string]bool{}
+		for _, q := range recv.accepted("/hook") {
+			got[q.ev.ID] = true
+		}
+		missing := 0
+		for _, id := range committed {
+			if !got[id] {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d committed events never accepted by the webhook receiver", missing, len(committed))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	msgIDs := map[string]map[string]bool{}
+	accepted := map[string]int{}
+	for _, q := range recv.all() {
+		if msgIDs[q.ev.ID] == nil {
+			msgIDs[q.ev.ID] = map[string]bool{}
+		}
+		msgIDs[q.ev.ID][q.id] = true
+		if q.code == 200 {
+			accepted[q.ev.ID]++
+		}
+	}
+	for ev, ids := range msgIDs {
+		if len(ids) != 1 {
+			t.Errorf("event %s reached the receiver under %d webhook-ids: %v", ev, len(ids), ids)
+		}
+		dups += max(accepted[ev]-1, 0)
+	}
+	if len(msgIDs) != len(committed) {
+		t.Errorf("%d events received, %d committed", len(msgIDs), len(committed))
+	}
+	t.Logf("webhook receiver: %d events, %d requests, %d accepted twice (same webhook-id)", len(committed), len(recv.all()), dups)
+	return dups
 }
 
 // TestRemoteOnlyHub turns the embedded runner off: a build of a project
@@ -314,7 +381,8 @@ func TestRemoteOnlyHub(t *testing.T) {
 
 // TestRemoteRunnersFaults SIGKILLs a serve node and a runner mid-build,
 // several times, with two nodes on PostgreSQL and NATS and on_restart:
-// requeue: every build still ends, passed, exactly once.
+// requeue: every build still ends, passed, exactly once, and every event
+// reaches a webhook receiver, under one webhook-id.
 func TestRemoteRunnersFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault test skipped in -short mode")
@@ -328,7 +396,12 @@ func TestRemoteRunnersFaults(t *testing.T) {
 	tokB := strings.TrimSpace(runCLI(t, "runner", "token", "create", "rb", "--labels", "remote", "--data", dataA, "--postgres", dsn))
 	repo := newTestRepo(t)
 	repo.commit(t, "main", "work", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: sleep 1; echo ok\n"})
-	args := []string{"--postgres", dsn, "--nats-url", nurl, "--nats-namespace", ns, "--on-restart", "requeue", "--runner-lease-ttl", "2s"}
+	recv := newHookReceiver(t)
+	t.Setenv("HOOK_SECRET", hookSecret)
+	t.Setenv("BUILDBRIDGE_DELIVERIES_WEBHOOK_ALLOW", "127.0.0.1")
+	rules := writeRules(t, filepath.Join(t.TempDir(), "rules.yaml"), hookRules(recv.srv.URL, "[0s, 1s]"))
+	args := []string{"--postgres", dsn, "--nats-url", nurl, "--nats-namespace", ns, "--on-restart", "requeue", "--runner-lease-ttl", "2s",
+		"--rules", rules, "--deliveries-lease-ttl", "2s"}
 	addrA, addrB := freeAddr(t), freeAddr(t)
 	nodeA := startServer(t, dataA, addrA, newEventLog(), args...)
 	startServer(t, dataB, addrB, newEventLog(), args...)
@@ -372,4 +445,5 @@ func TestRemoteRunnersFaults(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d builds were interrupted and run again", rerun, len(ids))
+	hookEachEvent(t, b, recv, ids)
 }
