@@ -345,3 +345,28 @@ func TestRestartTakesBackOwnLeases(t *testing.T) {
 		t.Fatalf("%d requests, want 2", n)
 	}
 }
+
+// An idle engine costs the store one read per ResyncInterval (the search
+// for deliveries no node holds), and nothing for leases once what it
+// delivered is recorded.
+func TestIdleEngineReadsOncePerInterval(t *testing.T) {
+	r := newReceiver(t)
+	n := startNode(t, t.TempDir(), "idle", time.Second, []*sinks.Config{sinkConfig(t, "hook", r.srv.URL, "")}, true)
+	ev := buildEvent(1, 1, builds.Queued)
+	if err := n.e.Enqueue(context.Background(), []sinks.Delivery{to(ev, "hook", r.srv.URL)}); err != nil {
+		t.Fatal(err)
+	}
+	r.wait(1, 5*time.Second)
+	waitFor(t, func() bool { return rowOf(t, n.store, ev.ID).Status == store.DeliverySucceeded })
+	time.Sleep(300 * time.Millisecond)
+	const window, interval = 2 * time.Second, 200 * time.Millisecond // startNode's ResyncInterval
+	q0 := n.store.Queries()
+	time.Sleep(window)
+	q := n.store.Queries() - q0
+	ticks := uint64(window / interval)
+	if q < ticks/2 || q > ticks+2 {
+		t.Fatalf("an idle engine sent %d statements in %s (resync every %s, renewals every %s): want about %d",
+			q, window, interval, time.Second/5, ticks)
+	}
+	t.Logf("idle: %d statements in %s", q, window)
+}
