@@ -114,6 +114,14 @@ func (s *DB) Transition(ctx context.Context, buildID int64, to builds.State, app
 }
 
 func (s *DB) transitionTx(ctx context.Context, tx *sql.Tx, buildID int64, to builds.State, apply func(b *builds.Build) error) (builds.Build, error) {
+	return s.transitionOnTx(ctx, tx, buildID, to, apply, "")
+}
+
+// transitionOnTx is transitionTx recording, on a move to STARTED, the node
+// whose embedded runner claimed the build ("" for none: a remote runner).
+// Every start writes the column, so a build re-queued and started again
+// never keeps the node of an earlier claim.
+func (s *DB) transitionOnTx(ctx context.Context, tx *sql.Tx, buildID int64, to builds.State, apply func(b *builds.Build) error, node string) (builds.Build, error) {
 	lock := ""
 	if s.postgres {
 		lock = " FOR UPDATE OF b"
@@ -150,9 +158,16 @@ func (s *DB) transitionTx(ctx context.Context, tx *sql.Tx, buildID int64, to bui
 	if b.State != to || (to == builds.Finished) != b.Result.Valid() {
 		return b, fmt.Errorf("build %d: %w: %s with result %q", buildID, builds.ErrTransition, b.State, b.Result)
 	}
-	res, err := s.prepared(tx, ctx).Exec(`UPDATE builds SET state = ?, result = ?, reason = ?, started_at = ?, finished_at = ?, cancel_requested = ?
-		WHERE id = ? AND state = ?`,
-		b.State, b.Result, b.Reason, nullMS(b.StartedAt), nullMS(b.FinishedAt), b.CancelRequested, b.ID, from)
+	var res sql.Result
+	if to == builds.Started {
+		res, err = s.prepared(tx, ctx).Exec(`UPDATE builds SET state = ?, result = ?, reason = ?, started_at = ?, finished_at = ?, cancel_requested = ?, node = ?
+			WHERE id = ? AND state = ?`,
+			b.State, b.Result, b.Reason, nullMS(b.StartedAt), nullMS(b.FinishedAt), b.CancelRequested, sql.NullString{String: node, Valid: node != ""}, b.ID, from)
+	} else {
+		res, err = s.prepared(tx, ctx).Exec(`UPDATE builds SET state = ?, result = ?, reason = ?, started_at = ?, finished_at = ?, cancel_requested = ?
+			WHERE id = ? AND state = ?`,
+			b.State, b.Result, b.Reason, nullMS(b.StartedAt), nullMS(b.FinishedAt), b.CancelRequested, b.ID, from)
+	}
 	if err != nil {
 		return b, fmt.Errorf("update build %d: %w", buildID, err)
 	}
@@ -172,7 +187,8 @@ func (s *DB) ClaimQueued(ctx context.Context) (builds.Build, error) {
 
 // ClaimQueuedOn is ClaimQueued for the embedded runner of a node: the
 // build records the node, so that recovery elsewhere leaves it alone while
-// the node's lease (RenewNode) is current.
+// the node's lease (RenewNode) is current. It claims nothing (ErrNotFound)
+// while that lease is not current.
 func (s *DB) ClaimQueuedOn(ctx context.Context, node string) (builds.Build, error) {
 	var b builds.Build
 	// Idle workers ask every second: a plain read answers "nothing queued"
@@ -187,28 +203,28 @@ func (s *DB) ClaimQueuedOn(ctx context.Context, node string) (builds.Build, erro
 	err := s.groupTx(ctx, func(tx *sql.Tx) error {
 		// Builds of projects that need runner labels wait for a remote
 		// runner (ClaimForRunner); the embedded runner has no labels.
-		query := `SELECT id FROM builds WHERE state = ? AND project_id NOT IN (SELECT project_id FROM project_labels) ORDER BY id LIMIT 1`
+		query := `SELECT id FROM builds WHERE state = ? AND project_id NOT IN (SELECT project_id FROM project_labels)`
+		args := []any{builds.Queued}
+		if node != "" {
+			// Only while the node's lease is current: recovery elsewhere
+			// would take back at once a build claimed under an expired one.
+			query += ` AND EXISTS (SELECT 1 FROM nodes WHERE id = ? AND expires_at > ?)`
+			args = append(args, node, ms(s.now()))
+		}
+		query += ` ORDER BY id LIMIT 1`
 		if s.postgres {
 			query += ` FOR UPDATE SKIP LOCKED`
 		}
 		var id int64
-		err := s.prepared(tx, ctx).QueryRow(query, builds.Queued).Scan(&id)
+		err := s.prepared(tx, ctx).QueryRow(query, args...).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
 		if err != nil {
 			return fmt.Errorf("claim build: %w", err)
 		}
-		b, err = s.transitionTx(ctx, tx, id, builds.Started, nil)
-		if err != nil {
-			return err
-		}
-		// Every claim writes the column, so a build re-queued and claimed
-		// again never keeps the node of an earlier claim.
-		if _, err := s.prepared(tx, ctx).Exec(`UPDATE builds SET node = ? WHERE id = ?`, sql.NullString{String: node, Valid: node != ""}, id); err != nil {
-			return fmt.Errorf("claim build: record node: %w", err)
-		}
-		return nil
+		b, err = s.transitionOnTx(ctx, tx, id, builds.Started, nil, node)
+		return err
 	})
 	if err != nil {
 		return builds.Build{}, err
