@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"slices"
 	"time"
@@ -22,8 +23,8 @@ import (
 //   - a retry, or a delivery loaded at start or redelivered, is claimed
 //     through the writer before its attempt; the claim also checks that
 //     nobody attempted it meanwhile;
-//   - the node renews the leases it holds every RenewInterval, all in
-//     one statement, and forgets those it finds lost;
+//   - the node renews the leases it holds every RenewInterval, in one
+//     statement (per 2000 leases), and forgets those it finds lost;
 //   - every ResyncInterval it takes over the due deliveries no node holds
 //     (one indexed read when there are none), so those of a node that
 //     died are attempted about LeaseTTL after its last renewal;
@@ -111,7 +112,7 @@ func (e *Engine) claim(t *target, it *item, ent *sinkEntry, attempts int) bool {
 		}
 	}
 	switch {
-	case res.err == ErrClosed || !e.running:
+	case errors.Is(res.err, ErrClosed) || !e.running:
 		t.remove(it)
 		delete(e.items, it.id)
 	case res.err != nil:
