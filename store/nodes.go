@@ -62,17 +62,28 @@ type OrphanBuild struct {
 
 // OrphanedBuilds lists, oldest first, STARTED builds that no remote runner
 // holds and no live node claimed: builds claimed without a node, and
-// builds whose node's lease has expired or whose node has no row. Builds
-// of self are never listed. everyOther counts every other node as dead,
-// live lease or not: right only where one node uses the store (SQLite).
-func (s *DB) OrphanedBuilds(ctx context.Context, self string, everyOther bool, limit int) ([]OrphanBuild, error) {
+// builds whose node's lease has expired or whose node has no row.
+//
+// The builds of self are listed only at startup: then they are what this
+// node's previous run left (a node id stays with its data directory);
+// afterwards they are builds it runs. everyOther counts every other node
+// as dead, live lease or not: right only where one node uses the store
+// (SQLite).
+func (s *DB) OrphanedBuilds(ctx context.Context, self string, startup, everyOther bool, limit int) ([]OrphanBuild, error) {
 	query := `SELECT b.id, COALESCE(b.node, ''), n.expires_at FROM builds b LEFT JOIN nodes n ON n.id = b.node
-		WHERE b.state = ? AND NOT EXISTS (SELECT 1 FROM build_leases l WHERE l.build_id = b.id)
-		AND (b.node IS NULL OR b.node <> ?)`
-	args := []any{builds.Started, self}
-	if !everyOther {
-		query += ` AND (n.id IS NULL OR n.expires_at <= ?)`
-		args = append(args, ms(s.now()))
+		WHERE b.state = ? AND NOT EXISTS (SELECT 1 FROM build_leases l WHERE l.build_id = b.id)`
+	args := []any{builds.Started}
+	switch now := ms(s.now()); {
+	case startup && everyOther:
+	case everyOther:
+		query += ` AND (b.node IS NULL OR b.node <> ?)`
+		args = append(args, self)
+	case startup:
+		query += ` AND (b.node IS NULL OR b.node = ? OR n.id IS NULL OR n.expires_at <= ?)`
+		args = append(args, self, now)
+	default:
+		query += ` AND (b.node IS NULL OR (b.node <> ? AND (n.id IS NULL OR n.expires_at <= ?)))`
+		args = append(args, self, now)
 	}
 	query += ` ORDER BY b.id LIMIT ?`
 	args = append(args, limit)

@@ -285,3 +285,49 @@ func TestShutdownRequeues(t *testing.T) {
 		t.Fatalf("build stopped at shutdown with Requeue: %s %s %q, want QUEUED", got.State, got.Result, got.Reason)
 	}
 }
+
+// A node restarted with the same id (serve keeps it in the data
+// directory) takes its interrupted build back at start, although the
+// lease its previous run renewed has not expired yet.
+func TestRestartRecoversOwnBuilds(t *testing.T) {
+	dsn := storetest.PostgresDSN(t)
+	db := pgNode(t, dsn)
+	b := queueOne(t, db)
+	a := exec.Command(os.Args[0], "-test.run=^TestNodeHelperProcess$")
+	a.Env = append(os.Environ(), "BUILDBRIDGE_QUEUE_HELPER_DSN="+dsn)
+	a.Stdout, a.Stderr = os.Stderr, os.Stderr
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	aDone := make(chan struct{})
+	go func() { a.Wait(); close(aDone) }()
+	t.Cleanup(func() { a.Process.Kill(); <-aDone })
+	deadline := time.Now().Add(15 * time.Second)
+	for nodeOf(t, db, b.ID) != "node-a" {
+		if time.Now().After(deadline) {
+			t.Fatal("node A did not claim the build")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.Process.Signal(syscall.SIGKILL)
+	<-aDone
+	// Another node leaves it alone: the lease is still current.
+	other, err := New(Config{Store: db, Runner: &blockingRunner{release: make(chan struct{})}, Node: "node-b", NodeTTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := other.Recover(context.Background()); err != nil || n != 0 {
+		t.Fatalf("node B recovered %d builds (%v) under node A's current lease", n, err)
+	}
+	again, err := New(Config{Store: db, Runner: &blockingRunner{release: make(chan struct{})}, Node: "node-a", NodeTTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := again.Recover(context.Background())
+	if err != nil || n != 1 {
+		t.Fatalf("restarted node A recovered %d builds (%v), want its own 1", n, err)
+	}
+	if got, _ := db.Build(context.Background(), b.ID); got.State != builds.Finished || !strings.Contains(got.Reason, "server stopped") {
+		t.Fatalf("build after the restart: %s %s %q", got.State, got.Result, got.Reason)
+	}
+}

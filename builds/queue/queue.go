@@ -6,9 +6,10 @@
 // Several hub nodes may share one store (PostgreSQL). Each queue is a node
 // with a lease in the store that it renews every NodeTTL/4; the builds it
 // claims name it. Recovery, at start and every NodeTTL/4 after, takes back
-// only builds whose node's lease has expired (or that name no node), so a
-// node starting up never touches what a live node runs, and the builds of
-// a node that died are taken back by the others about NodeTTL later.
+// only builds whose node's lease has expired or that name no node (and at
+// start the node's own, left by its previous run), so a node starting up
+// never touches what a live node runs, and the builds of a node that died
+// are taken back by the others about NodeTTL later.
 package queue
 
 import (
@@ -56,8 +57,11 @@ type Config struct {
 	// errored, both at start-up recovery and at shutdown.
 	Requeue bool
 	// Node names this queue's node in the store: the builds it claims
-	// record it. It must differ between the processes sharing a store.
-	// Default: the host name and a random suffix, new at every start.
+	// record it, and Recover takes back the builds that name it. It must
+	// differ between the processes sharing a store; kept across restarts,
+	// a restarted node takes its interrupted builds back at once instead
+	// of after NodeTTL. Default: the host name and a random suffix
+	// (DefaultNode), new at every start.
 	Node string
 	// NodeTTL is how long the node's lease lasts without renewal; it is
 	// renewed, and other nodes' expired builds are recovered, every
@@ -197,35 +201,36 @@ func (q *Queue) Cancel(buildID int64) {
 	}
 }
 
-// Node is the id this queue's builds record.
-func (q *Queue) Node() string { return q.cfg.Node }
-
 // Recover deals with builds a crash left STARTED: they finish as errored
-// with a reason, or are re-queued when Requeue is set. It leaves alone the
-// builds a remote runner holds (the lease reaper judges those) and those
-// of a node whose lease is current: a node that runs them. On SQLite, one
-// node per store, every other node's builds are taken back at once. Call
-// it once before Run; Run goes on recovering expired nodes' builds.
+// with a reason, or are re-queued when Requeue is set. It takes back this
+// node's own builds (what its previous run left: Node stays the same
+// across restarts when the caller keeps it, as serve does in the data
+// directory) and those of nodes whose lease has expired, and leaves alone
+// the builds of a node whose lease is current (a node that runs them) and
+// those a remote runner holds (the lease reaper judges those). On SQLite,
+// one node per store, every other node's builds are taken back at once.
+// Call it once before Run; Run goes on recovering expired nodes' builds.
 func (q *Queue) Recover(ctx context.Context) (int, error) {
-	return q.recover(ctx, q.cfg.Store.Dialect() == "sqlite")
+	return q.recover(ctx, true, q.cfg.Store.Dialect() == "sqlite")
 }
 
 // recover takes back the builds OrphanedBuilds lists, 500 at most per call.
-func (q *Queue) recover(ctx context.Context, everyOther bool) (int, error) {
-	list, err := q.cfg.Store.OrphanedBuilds(ctx, q.cfg.Node, everyOther, 500)
+func (q *Queue) recover(ctx context.Context, startup, everyOther bool) (int, error) {
+	list, err := q.cfg.Store.OrphanedBuilds(ctx, q.cfg.Node, startup, everyOther, 500)
 	if err != nil {
 		return 0, fmt.Errorf("recover builds: %w", err)
 	}
 	n := 0
 	for _, o := range list {
+		mine := o.Node == q.cfg.Node
 		why := "the server stopped while the build was running"
-		if o.Node != "" && !everyOther {
+		if o.Node != "" && !mine && !everyOther {
 			why = fmt.Sprintf("node %s stopped while the build was running", o.Node)
 			if o.Expired != nil {
 				why += " (its lease expired at " + o.Expired.Format(time.RFC3339) + ")"
 			}
 		}
-		b, err := q.cfg.Store.RecoverBuild(ctx, o, everyOther, q.cfg.Requeue, why)
+		b, err := q.cfg.Store.RecoverBuild(ctx, o, everyOther || mine, q.cfg.Requeue, why)
 		if errors.Is(err, store.ErrNodeAlive) || errors.Is(err, builds.ErrTransition) {
 			continue // renewed, finished or recovered elsewhere meanwhile
 		}
@@ -346,7 +351,7 @@ func (q *Queue) keep(ctx context.Context) {
 			if q.renewed.Swap(time.Now().UnixNano()) == 0 {
 				q.Wake() // the first renewal lets the workers claim
 			}
-			if _, err := q.recover(ctx, false); err != nil && ctx.Err() == nil {
+			if _, err := q.recover(ctx, false, false); err != nil && ctx.Err() == nil {
 				q.cfg.Logger.Error("recover builds of expired nodes", "err", err)
 			}
 			if err := q.cfg.Store.PruneNodes(ctx, time.Now().Add(-time.Hour)); err != nil && ctx.Err() == nil {

@@ -91,7 +91,8 @@ type hub struct {
 	onShutdown []func(context.Context)
 
 	// node names this process among the nodes sharing the store: in the
-	// builds its embedded runner claims, the relay's lock and /readyz.
+	// builds its embedded runner claims, the relay's lock, the delivery
+	// leases and /readyz. It is kept in the data directory.
 	node       string
 	adminToken string // set on first start only
 	ln         net.Listener
@@ -125,7 +126,9 @@ func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err e
 	}
 	// Nodes sharing a PostgreSQL store share its outbox: one relay
 	// publishes it, the others stand by (bridge.OutboxLock).
-	h.node = queue.DefaultNode()
+	if h.node, err = nodeID(cfg.Data); err != nil {
+		return nil, fmt.Errorf("node id in the data directory (setting data): %w", err)
+	}
 	relayCfg := bridge.RelayConfig{Outbox: h.store, Publisher: h.bus.Publisher(), Node: h.node, Logger: logger, Registerer: h.reg}
 	if h.store.Dialect() == "postgres" {
 		relayCfg.Lock = h.store.OutboxLock(h.node)
