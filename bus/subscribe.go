@@ -20,6 +20,11 @@ type subscriber struct {
 	nc      *nats.Conn
 	wm      *wmnats.Subscriber
 
+	mu      sync.Mutex
+	closed  bool
+	closing chan struct{}  // closed by Close: SubscribeBatches' goroutines stop
+	batchWG sync.WaitGroup // SubscribeBatches' goroutines
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -34,7 +39,8 @@ var (
 // subscribers with the same durable name, in this process or in others
 // sharing the bus, share the messages. Messages must be acked or nacked;
 // a nacked message comes back after an exponential delay between RetryMin
-// and RetryMax, one not acked within AckWait comes back at once.
+// and RetryMax, one not acked within AckWait comes back at once. The
+// subscriber also hands messages over in batches (SubscribeBatches).
 func (b *Bus) Subscriber(durable string) (message.Subscriber, error) {
 	if err := validDurable(durable); err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
@@ -75,7 +81,7 @@ func (b *Bus) Subscriber(durable string) (message.Subscriber, error) {
 		nc.Close()
 		return nil, fmt.Errorf("bus: subscriber %s: %w", durable, err)
 	}
-	s := &subscriber{b: b, durable: durable, nc: nc, wm: wm}
+	s := &subscriber{b: b, durable: durable, nc: nc, wm: wm, closing: make(chan struct{})}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -111,9 +117,15 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 
 // Close ends the subscriptions (the durable consumers stay) and closes the
 // subscriber's connection. Messages delivered and not yet acked come back
-// after AckWait. Close is idempotent.
+// after AckWait (those a batch subscription held and had not handed over
+// come back at once). Close is idempotent.
 func (s *subscriber) Close() error {
 	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		close(s.closing)
+		s.batchWG.Wait() // each gives back what it holds, bounded by CloseTimeout
 		if err := s.wm.Close(); err != nil {
 			s.closeErr = fmt.Errorf("bus: close subscriber %s: %w", s.durable, err)
 		}
