@@ -20,6 +20,9 @@
 //   - postgres: builds and deliveries seeded to 10k, 100k and 1M rows in a
 //     private schema: EXPLAIN (ANALYZE, BUFFERS) of the hot queries at each
 //     size, table sizes, and a batched retention delete.
+//   - node: one `buildbridge serve` (-bin) on PostgreSQL and NATS: its
+//     connections at idle and under concurrent requests, and its idle
+//     CPU, PostgreSQL backend CPU and memory.
 //
 // The child processes are this binary run with -role; they die with it.
 package main
@@ -78,12 +81,13 @@ type options struct {
 	keep  bool
 
 	cpuprof string
+	bin     string
 }
 
 func main() {
 	var o options
 	var role, nodesFlag, runnersFlag, sizesFlag string
-	flag.StringVar(&o.scenario, "scenario", "all", "realtime, view, runners, postgres or all")
+	flag.StringVar(&o.scenario, "scenario", "all", "realtime, view, runners, postgres, node or all")
 	flag.StringVar(&o.natsURL, "nats", envOr("BUILDBRIDGE_TEST_NATS", "nats://127.0.0.1:4222"), "NATS URL (loopback only)")
 	flag.StringVar(&o.pgDSN, "postgres", envOr("BUILDBRIDGE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"),
 		"PostgreSQL DSN (loopback only); the runs use a private schema they drop")
@@ -100,6 +104,7 @@ func main() {
 	flag.IntVar(&o.logRunrs, "log-runners", 100, "runners: runners streaming logs in the log phase")
 	flag.DurationVar(&o.phase, "phase", 10*time.Second, "runners: length of each measured phase")
 	flag.StringVar(&sizesFlag, "sizes", "10000,100000,1000000", "postgres: builds (and deliveries) rows, one measurement each")
+	flag.StringVar(&o.bin, "bin", "bin/buildbridge", "node: the buildbridge binary to start")
 	flag.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of this process (the hub, in the runners scenario) to this file")
 	flag.BoolVar(&o.keep, "keep", false, "postgres: keep the schema (its name is printed) instead of dropping it")
 	flag.StringVar(&role, "role", "", "internal: run as a child process (node, publish, runners)")
@@ -152,7 +157,7 @@ func main() {
 	fmt.Printf("bench/scale: %s, %d CPUs, load average %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), numCPU(), loadAvg())
 	scenarios := []string{o.scenario}
 	if o.scenario == "all" {
-		scenarios = []string{"realtime", "view", "runners", "postgres"}
+		scenarios = []string{"realtime", "view", "runners", "postgres", "node"}
 	}
 	for _, sc := range scenarios {
 		var err error
@@ -165,6 +170,8 @@ func main() {
 			err = runRunners(ctx, o)
 		case "postgres":
 			err = runPostgres(ctx, o)
+		case "node":
+			err = runNodeConns(ctx, o)
 		}
 		if err != nil {
 			pprof.StopCPUProfile()
@@ -175,9 +182,9 @@ func main() {
 
 func (o *options) validate() error {
 	switch o.scenario {
-	case "realtime", "view", "runners", "postgres", "all":
+	case "realtime", "view", "runners", "postgres", "node", "all":
 	default:
-		return fmt.Errorf("-scenario %q: want realtime, view, runners, postgres or all", o.scenario)
+		return fmt.Errorf("-scenario %q: want realtime, view, runners, postgres, node or all", o.scenario)
 	}
 	switch {
 	case o.timeout <= 0 || o.timeout > maxRun:
