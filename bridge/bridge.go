@@ -34,6 +34,10 @@ type Config struct {
 	// CloseTimeout bounds how long Close waits for handlers to finish.
 	// Default 30s.
 	CloseTimeout time.Duration
+	// MaxBatch is the most events a batch consumer (AddBatchConsumer)
+	// gets at once. Default 256; the bus's MaxAckPending bounds batches
+	// too.
+	MaxBatch int
 	// Logger receives the bridge's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer, when set, gets the bridge's metrics
@@ -47,6 +51,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CloseTimeout == 0 {
 		c.CloseTimeout = 30 * time.Second
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 256
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -62,6 +69,8 @@ func (c *Config) Validate() error {
 		return errors.New("bridge: Config.Publisher is required")
 	case c.CloseTimeout < 0:
 		return fmt.Errorf("bridge: Config.CloseTimeout must not be negative, got %s", c.CloseTimeout)
+	case c.MaxBatch < 0:
+		return fmt.Errorf("bridge: Config.MaxBatch must not be negative, got %d", c.MaxBatch)
 	}
 	return nil
 }
@@ -84,7 +93,9 @@ type Bridge struct {
 	runCtx    context.Context // set while Run runs
 	runDone   chan struct{}   // closed when Run returns
 	started   bool
+	routerRan bool // Run went as far as running the router
 	closed    bool
+	batches   batchLoops
 }
 
 // New builds the bridge and provisions the durable consumer of
@@ -189,26 +200,12 @@ func (b *Bridge) AddConsumer(name string, fn Consumer) error {
 	if fn == nil {
 		return fmt.Errorf("bridge: consumer %q: nil function", name)
 	}
-	if name == "" {
-		return errors.New("bridge: consumer name is empty")
-	}
-	b.mu.Lock()
-	dup, closed := b.consumers[name], b.closed
-	if !dup && !closed {
-		b.consumers[name] = true
-	}
-	b.mu.Unlock()
-	switch {
-	case closed:
-		return errors.New("bridge: closed")
-	case dup:
-		return fmt.Errorf("bridge: consumer %q added twice", name)
+	if err := b.reserve(name); err != nil {
+		return err
 	}
 	sub, err := b.subscriber(name, event.TopicBuildStateChanged)
 	if err != nil {
-		b.mu.Lock()
-		delete(b.consumers, name)
-		b.mu.Unlock()
+		b.release(name)
 		return err
 	}
 	b.router.AddConsumerHandler("consumer-"+name, event.TopicBuildStateChanged, sub, b.consume(name, fn))
@@ -229,6 +226,33 @@ func (b *Bridge) AddConsumer(name string, fn Consumer) error {
 	case <-ctx.Done():
 	}
 	return nil
+}
+
+// reserve claims a consumer name: names are durable consumers, so each is
+// used once.
+func (b *Bridge) reserve(name string) error {
+	if name == "" {
+		return errors.New("bridge: consumer name is empty")
+	}
+	b.mu.Lock()
+	dup, closed := b.consumers[name], b.closed
+	if !dup && !closed {
+		b.consumers[name] = true
+	}
+	b.mu.Unlock()
+	switch {
+	case closed:
+		return errors.New("bridge: closed")
+	case dup:
+		return fmt.Errorf("bridge: consumer %q added twice", name)
+	}
+	return nil
+}
+
+func (b *Bridge) release(name string) {
+	b.mu.Lock()
+	delete(b.consumers, name)
+	b.mu.Unlock()
 }
 
 func (b *Bridge) consume(name string, fn Consumer) message.NoPublishHandlerFunc {
@@ -262,8 +286,8 @@ func (b *Bridge) consume(name string, fn Consumer) message.NoPublishHandlerFunc 
 	}
 }
 
-// Run runs the router until ctx is done or Close is called. It returns
-// nil after a clean stop.
+// Run runs the router and the batch consumers until ctx is done or Close
+// is called. It returns nil after a clean stop.
 func (b *Bridge) Run(ctx context.Context) error {
 	b.mu.Lock()
 	if b.closed || b.started {
@@ -274,9 +298,31 @@ func (b *Bridge) Run(ctx context.Context) error {
 	b.runCtx = ctx
 	stop := make(chan struct{})
 	b.runDone = stop
+	batches := b.batches.begin(ctx)
 	b.mu.Unlock()
 
 	defer close(stop)
+	defer func() {
+		b.mu.Lock()
+		b.runCtx = nil
+		b.mu.Unlock()
+	}()
+	// Batch consumers subscribe before the router runs, so that Running
+	// means every consumer receives.
+	for _, c := range batches {
+		if err := b.startBatch(c); err != nil {
+			b.stopBatches()
+			return fmt.Errorf("bridge: %w", err)
+		}
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		b.stopBatches()
+		return nil
+	}
+	b.routerRan = true
+	b.mu.Unlock()
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -287,9 +333,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 		}
 	}()
 	err := b.router.Run(ctx)
-	b.mu.Lock()
-	b.runCtx = nil
-	b.mu.Unlock()
+	b.stopBatches()
 	if err != nil {
 		return fmt.Errorf("bridge: %w", err)
 	}
@@ -299,8 +343,9 @@ func (b *Bridge) Run(ctx context.Context) error {
 // Running is closed once Run has started every handler.
 func (b *Bridge) Running() chan struct{} { return b.router.Running() }
 
-// Close stops the router, waiting up to CloseTimeout for handlers, and
-// closes the bridge's subscribers. The durable consumers are kept.
+// Close stops the router and the batch consumers, waiting up to
+// CloseTimeout for handlers, and closes the bridge's subscribers. The
+// durable consumers are kept.
 func (b *Bridge) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -308,15 +353,20 @@ func (b *Bridge) Close() error {
 		return nil
 	}
 	b.closed = true
-	subs, started := b.subs, b.started
+	subs, ran := b.subs, b.routerRan
 	b.mu.Unlock()
 	var errs []error
 	// A router that never ran would wait CloseTimeout for handlers that
 	// never started.
-	if started {
+	if ran {
 		if err := b.router.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("bridge: router: %w", err))
 		}
+	}
+	// Before the subscribers close: a batch in hand is finished and
+	// acknowledged.
+	if err := b.stopBatches(); err != nil {
+		errs = append(errs, err)
 	}
 	for _, s := range subs {
 		if err := s.Close(); err != nil {

@@ -60,6 +60,7 @@ type bridgeMetrics struct {
 	consumerErrors *prometheus.CounterVec
 	consumerTime   *prometheus.HistogramVec
 	eventAge       *prometheus.HistogramVec
+	batchSize      *prometheus.HistogramVec
 }
 
 func newBridgeMetrics(reg prometheus.Registerer) (bridgeMetrics, error) {
@@ -78,7 +79,7 @@ func newBridgeMetrics(reg prometheus.Registerer) (bridgeMetrics, error) {
 		}, []string{"consumer"}),
 		consumerTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "buildbridge_bridge_consumer_seconds",
-			Help:    "Time a consumer took for one event.",
+			Help:    "Time a consumer took for one event (a batch consumer: for one batch).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30},
 		}, []string{"consumer"}),
 		eventAge: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -86,11 +87,16 @@ func newBridgeMetrics(reg prometheus.Registerer) (bridgeMetrics, error) {
 			Help:    "Time from the transition's commit to a consumer receiving its event.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 300},
 		}, []string{"consumer"}),
+		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "buildbridge_bridge_consumer_batch_size",
+			Help:    "Messages handed to a batch consumer at once (malformed ones included).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10), // 1 to 512
+		}, []string{"consumer"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	return m, register(reg, m.events, m.malformed, m.consumerErrors, m.consumerTime, m.eventAge)
+	return m, register(reg, m.events, m.malformed, m.consumerErrors, m.consumerTime, m.eventAge, m.batchSize)
 }
 
 func register(reg prometheus.Registerer, cs ...prometheus.Collector) error {
