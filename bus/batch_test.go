@@ -3,7 +3,9 @@ package bus
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -267,4 +269,74 @@ func TestBatchesRefusesBadMax(t *testing.T) {
 	if _, err := sub.(batchSubscriberT).SubscribeBatches(t.Context(), "build-state-changed", 1); err == nil {
 		t.Fatal("SubscribeBatches on a closed subscriber succeeded")
 	}
+}
+
+// A batch subscription on an external server outlives the server's
+// restart: the client subscribes again on reconnection and the durable
+// consumer, kept in the server's store, goes on.
+func TestBatchesSurviveServerRestart(t *testing.T) {
+	const bin = "/usr/sbin/nats-server"
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s is absent: %v", bin, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	start := func() (stop func()) {
+		_, port, _ := net.SplitHostPort(addr)
+		cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", port, "-js", "-sd", dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		stop = func() {
+			cmd.Process.Kill()
+			<-done
+		}
+		t.Cleanup(stop)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+				c.Close()
+				return stop
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("nats-server on %s not up", addr)
+			}
+		}
+	}
+	stop := start()
+	b, err := Open(t.Context(), Config{URL: "nats://" + addr, Logger: testLogger(t), ReconnectWait: 100 * time.Millisecond,
+		AckWait: 2 * time.Second, RetryMin: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, CloseTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	const topic = "build-state-changed"
+	_, ch := subscribeBatches(t, b, t.Context(), "restart", topic, 16)
+	publish(t, b, topic, message.NewMessage("before", nil))
+	ms := receiveBatch(t, ch, 5*time.Second)
+	if uuids(ms) != "before" {
+		t.Fatalf("got %q", uuids(ms))
+	}
+	ackAll(ms)
+	time.Sleep(100 * time.Millisecond) // the ack reaches the server
+
+	stop()
+	start()
+	for deadline := time.Now().Add(10 * time.Second); b.Ping(t.Context()) != nil; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("bus not reconnected within 10s")
+		}
+	}
+	publish(t, b, topic, message.NewMessage("after", nil))
+	ms = receiveBatch(t, ch, 10*time.Second)
+	if uuids(ms) != "after" {
+		t.Fatalf("after the restart got %q, want after", uuids(ms))
+	}
+	ackAll(ms)
 }
