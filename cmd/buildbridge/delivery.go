@@ -22,9 +22,10 @@ import (
 
 func init() { mounts = append(mounts, mountDeliveries) }
 
-// deliveries wires the rules to the delivery engine: a bridge consumer
-// matches each build-state-changed event and persists its deliveries
-// before the event is acknowledged; the engine's own events
+// deliveries wires the rules to the delivery engine: a bridge batch
+// consumer matches build-state-changed events and persists their
+// deliveries, several events in one commit under load, before the events
+// are acknowledged; the engine's own events
 // (endpoint-disabled) take the same match-and-persist path in process.
 type deliveries struct {
 	h      *hub
@@ -72,7 +73,7 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	if err := d.engine.Configure(mgr.Current().Sinks()); err != nil {
 		return fmt.Errorf("rules %s: %w", mgr.Current().Name(), err)
 	}
-	if err := h.br.AddConsumer("deliveries", d.consume); err != nil {
+	if err := h.br.AddBatchConsumer("deliveries", d.consume); err != nil {
 		return err
 	}
 	if err := h.api.EnableDeliveries(d.engine); err != nil {
@@ -134,10 +135,18 @@ func nodeID(dir string) (string, error) {
 	return persistentSecret(dir, "node-id", "", func() (string, error) { return delivery.DefaultNodeID(), nil })
 }
 
-// consume persists the deliveries of one event; an error refuses the
-// event, which the bus delivers again (and the engine de-duplicates).
-func (d *deliveries) consume(ctx context.Context, ev event.Envelope) error {
-	return d.engine.Enqueue(ctx, d.rules.Current().Match(ev))
+// consume persists the deliveries of a batch of events in one Enqueue
+// (one commit): the events come in publication order, and the engine
+// orders each build's deliveries by seq anyway. An error refuses the
+// whole batch, which the bus delivers again (and the engine
+// de-duplicates by event, sink and target).
+func (d *deliveries) consume(ctx context.Context, evs []event.Envelope) error {
+	rules := d.rules.Current()
+	var ds []sinks.Delivery
+	for _, ev := range evs {
+		ds = append(ds, rules.Match(ev)...)
+	}
+	return d.engine.Enqueue(ctx, ds)
 }
 
 // emit is the path of the events raised inside the hub (the engine's
