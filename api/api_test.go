@@ -265,4 +265,12 @@ func TestLogAndArtifacts(t *testing.T) {
 	if code, _, _ := f.do(t, f.bob, "GET", fmt.Sprintf("/api/v1/builds/%d/artifacts/out/report.html", id), ""); code != 404 {
 		t.Fatalf("bob downloads ann's artifact: %d", code)
 	}
+	// Recorded, but uploaded to a node whose directory this one lacks.
+	_, m, _ = f.do(t, f.ann, "POST", "/api/v1/projects/app/builds", `{}`)
+	other := int64(m["id"].(float64))
+	f.store.AddArtifacts(ctx, other, []store.Artifact{{Path: "elsewhere.txt", Size: 1, SHA256: "u"}})
+	code, _, raw = f.do(t, f.ann, "GET", fmt.Sprintf("/api/v1/builds/%d/artifacts/elsewhere.txt", other), "")
+	if code != 404 || !strings.Contains(raw, "artifacts_dir") {
+		t.Fatalf("artifact of another node's directory: %d %s", code, raw)
+	}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"io/fs"
 	"net/http"
 	"os"
 	"path"
@@ -290,6 +291,11 @@ func (a *API) downloadArtifact(c *gin.Context) {
 	// Open through os.Root so a symlink planted in the directory cannot
 	// lead outside it either.
 	r, err := os.OpenRoot(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Uploaded to another node whose artifacts_dir this node does not share.
+		a.fail(c, errorf(http.StatusNotFound, "not_found", "artifact %q is recorded but no file of build %d is in this node's artifacts directory (several nodes need one shared artifacts_dir)", art.Path, b.ID))
+		return
+	}
 	if err != nil {
 		a.fail(c, err)
 		return

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strconv"
@@ -44,6 +45,7 @@ type Config struct {
 	ShutdownGrace    time.Duration `yaml:"shutdown_grace" help:"how long running builds may go on after SIGTERM"`
 	MaxLogBytes      int64         `yaml:"max_log_bytes" help:"per-build log cap (head and tail are kept)"`
 	MaxArtifactBytes int64         `yaml:"max_artifact_bytes" help:"per-build artifact size cap"`
+	ArtifactsDir     string        `yaml:"artifacts_dir" help:"where build artifacts are kept (default DATA/artifacts; several nodes: one directory they all mount)"`
 	DefaultTimeout   time.Duration `yaml:"default_timeout" help:"build timeout when the project sets none"`
 	MaxBodyBytes     int64         `yaml:"max_body_bytes" help:"largest accepted API request body"`
 
@@ -346,6 +348,9 @@ func loadConfig(fs *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	}
 	if cfg.BaseURL == "" {
 		cfg.BaseURL = "http://" + cfg.Addr
+	}
+	if cfg.ArtifactsDir == "" {
+		cfg.ArtifactsDir = filepath.Join(cfg.Data, "artifacts")
 	}
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
 	return cfg, cfg.Validate()

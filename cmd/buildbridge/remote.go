@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"sync"
 
@@ -28,7 +27,7 @@ func mountRemote(ctx context.Context, h *hub) error {
 		h.queue.DisableWorkers()
 	}
 	rh, err := remote.NewHub(remote.HubConfig{
-		Store: h.store, ArtifactsDir: filepath.Join(h.cfg.Data, "artifacts"),
+		Store: h.store, ArtifactsDir: h.cfg.ArtifactsDir,
 		MaxArtifactBytes: h.cfg.MaxArtifactBytes, LeaseTTL: h.cfg.RunnerLeaseTTL,
 		Requeue: h.cfg.OnRestart == "requeue", BuildURL: h.cfg.BaseURL + "/builds/",
 		OnLog: func(p builds.Project, b builds.Build, off int64, chunk []byte) {

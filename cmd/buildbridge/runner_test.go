@@ -217,13 +217,16 @@ func TestRemoteRunnersTwoNodes(t *testing.T) {
 	tokA := strings.TrimSpace(runCLI(t, "runner", "token", "create", "ra", "--labels", "remote", "--data", dataA, "--postgres", dsn))
 	tokB := strings.TrimSpace(runCLI(t, "runner", "token", "create", "rb", "--labels", "remote", "--data", dataA, "--postgres", dsn))
 	repo := newTestRepo(t)
-	repo.commit(t, "main", "fast", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: sleep 0.5; echo ok\n"})
+	repo.commit(t, "main", "fast", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: sleep 0.5; echo ok; mkdir -p out; echo \"$BUILDBRIDGE_BUILD_ID\" > out/id.txt\nartifacts: [\"out/*\"]\n"})
 	repo.commit(t, "slow", "slow", map[string]string{".buildbridge.yml": "steps:\n  - name: a\n    run: echo slow-started; sleep 4; echo slow-done\n"})
 	recv := newHookReceiver(t)
 	t.Setenv("HOOK_SECRET", hookSecret)
 	t.Setenv("BUILDBRIDGE_DELIVERIES_WEBHOOK_ALLOW", "127.0.0.1")
 	rules := writeRules(t, filepath.Join(t.TempDir(), "rules.yaml"), hookRules(recv.srv.URL, "[0s, 1s]"))
-	args := []string{"--postgres", dsn, "--nats-url", nurl, "--nats-namespace", ns, "--on-restart", "requeue", "--rules", rules}
+	// One artifacts directory for both nodes, as a shared mount would be:
+	// a runner uploads to its node, and either node serves the file.
+	args := []string{"--postgres", dsn, "--nats-url", nurl, "--nats-namespace", ns, "--on-restart", "requeue", "--rules", rules,
+		"--artifacts-dir", t.TempDir()}
 	addrA, addrB := freeAddr(t), freeAddr(t)
 	startServer(t, dataA, addrA, newEventLog(), args...)
 	startServer(t, dataB, addrB, newEventLog(), args...)
@@ -245,6 +248,14 @@ func TestRemoteRunnersTwoNodes(t *testing.T) {
 	for _, id := range ids {
 		if got := waitBuild(t, b, id, "FINISHED", 60*time.Second); got["result"] != "passed" {
 			t.Fatalf("build %d: %v\n%s\n%s", id, got, ra.log(), rb.log())
+		}
+	}
+
+	for _, id := range ids {
+		for _, c := range []client{a, b} {
+			if got := download(t, c, fmt.Sprintf("/api/v1/builds/%d/artifacts/out/id.txt", id)); got != fmt.Sprint(id)+"\n" {
+				t.Fatalf("build %d's artifact through %s: %q", id, c.base, got)
+			}
 		}
 	}
 
@@ -446,4 +457,21 @@ func TestRemoteRunnersFaults(t *testing.T) {
 	}
 	t.Logf("%d of %d builds were interrupted and run again", rerun, len(ids))
 	hookEachEvent(t, b, recv, ids)
+}
+
+// download GETs path and returns its body, failing unless it is 200.
+func download(t *testing.T, c client, path string) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", c.base+path, nil)
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, body)
+	}
+	return string(body)
 }

@@ -147,7 +147,7 @@ func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err e
 		return nil, err
 	}
 	run, err := runner.New(runner.Config{
-		WorkDir: filepath.Join(cfg.Data, "workspaces"), ArtifactsDir: filepath.Join(cfg.Data, "artifacts"),
+		WorkDir: filepath.Join(cfg.Data, "workspaces"), ArtifactsDir: cfg.ArtifactsDir,
 		MaxLogBytes: cfg.MaxLogBytes, MaxArtifactBytes: cfg.MaxArtifactBytes, DefaultTimeout: cfg.DefaultTimeout, Logger: logger,
 	})
 	if err != nil {
@@ -165,7 +165,7 @@ func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err e
 		return nil, err
 	}
 	h.api, err = api.New(api.Config{Store: h.store, Scheduler: h.queue, Resolve: resolveCommit,
-		ArtifactsDir: filepath.Join(cfg.Data, "artifacts"), MaxBodyBytes: cfg.MaxBodyBytes, BaseURL: cfg.BaseURL,
+		ArtifactsDir: cfg.ArtifactsDir, MaxBodyBytes: cfg.MaxBodyBytes, BaseURL: cfg.BaseURL,
 		Logger: logger, Registerer: h.reg})
 	if err != nil {
 		return nil, err
