@@ -35,14 +35,15 @@ func main() {
 	runners := flag.Int("runners", 8, "concurrent runners")
 	pg := flag.String("postgres", "", "PostgreSQL DSN (default: SQLite in a temporary directory)")
 	timeout := flag.Duration("timeout", 2*time.Minute, "bound on the whole run")
+	nodes := flag.Int("nodes", 1, "hub nodes, each with its own store pool and HTTP listener (more than one needs -postgres); runners are spread over them")
 	flag.Parse()
-	if err := run(*n, *runners, *pg, *timeout); err != nil {
+	if err := run(*n, *runners, *nodes, *pg, *timeout); err != nil {
 		fmt.Fprintln(os.Stderr, "runners:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n, runners int, pg string, timeout time.Duration) error {
+func run(n, runners, nodes int, pg string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "bench-runners-")
@@ -56,18 +57,33 @@ func run(n, runners int, pg string, timeout time.Duration) error {
 		return err
 	}
 	defer s.Close()
-	hub, err := remote.NewHub(remote.HubConfig{Store: s, ArtifactsDir: dir, LeaseTTL: time.Minute, Logger: quiet})
-	if err != nil {
-		return err
+	if nodes < 1 || (nodes > 1 && pg == "") {
+		return fmt.Errorf("-nodes %d: want 1, or more with -postgres (SQLite is one node)", nodes)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
+	// Each node is what a serve process brings to the runner protocol: a
+	// store pool of its own and a hub on its own listener.
+	bases := make([]string, nodes)
+	for i := range bases {
+		ns := s
+		if i > 0 {
+			if ns, err = store.Open(ctx, store.Config{DataDir: dir, Postgres: pg, Logger: quiet}); err != nil {
+				return err
+			}
+			defer ns.Close()
+		}
+		hub, err := remote.NewHub(remote.HubConfig{Store: ns, ArtifactsDir: dir, LeaseTTL: time.Minute, Logger: quiet})
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: hub}
+		go srv.Serve(ln)
+		defer srv.Close()
+		bases[i] = "http://" + ln.Addr().String() + "/runner/v1"
 	}
-	srv := &http.Server{Handler: hub}
-	go srv.Serve(ln)
-	defer srv.Close()
-	base := "http://" + ln.Addr().String() + "/runner/v1"
 
 	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
 	u, err := s.CreateUser(ctx, "bench-"+suffix, true)
@@ -91,7 +107,7 @@ func run(n, runners int, pg string, timeout time.Duration) error {
 	}
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: runners * 2}}
 	var done, calls atomic.Int64
-	call := func(token, method, path, lease string, body []byte, out any) (int, error) {
+	call := func(base, token, method, path, lease string, body []byte, out any) (int, error) {
 		req, _ := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+token)
 		if lease != "" {
@@ -118,13 +134,14 @@ func run(n, runners int, pg string, timeout time.Duration) error {
 	start := time.Now()
 	var wg sync.WaitGroup
 	errc := make(chan error, runners)
-	for _, tok := range tokens {
+	for i, tok := range tokens {
+		base := bases[i%nodes]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
 				var job remote.Job
-				st, err := call(tok, "POST", "/claim", "", []byte(`{}`), &job)
+				st, err := call(base, tok, "POST", "/claim", "", []byte(`{}`), &job)
 				if err != nil {
 					errc <- err
 					return
@@ -137,7 +154,7 @@ func run(n, runners int, pg string, timeout time.Duration) error {
 					path string
 					body []byte
 				}{{id + "/heartbeat", nil}, {id + "/log", chunk}, {id + "/finish", finish}} {
-					if _, err := call(tok, "POST", c.path, job.Lease, c.body, nil); err != nil {
+					if _, err := call(base, tok, "POST", c.path, job.Lease, c.body, nil); err != nil {
 						errc <- err
 						return
 					}
@@ -155,8 +172,10 @@ func run(n, runners int, pg string, timeout time.Duration) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("timed out after %d builds", done.Load())
 	}
-	fmt.Printf("store=%s builds=%d runners=%d cores=%d elapsed=%s\n", s.Dialect(), done.Load(), runners, runtime.NumCPU(), elapsed.Round(time.Millisecond))
-	fmt.Printf("builds assigned and finished: %.0f /s   runner calls: %.0f /s\n",
-		float64(done.Load())/elapsed.Seconds(), float64(calls.Load())/elapsed.Seconds())
+	fmt.Printf("store=%s nodes=%d builds=%d runners=%d cores=%d elapsed=%s\n", s.Dialect(), nodes, done.Load(), runners, runtime.NumCPU(), elapsed.Round(time.Millisecond))
+	// Each build is two transitions (STARTED, FINISHED), each an event
+	// row in the outbox committed with it.
+	fmt.Printf("builds assigned and finished: %.0f /s   events committed: %.0f /s   runner calls: %.0f /s\n",
+		float64(done.Load())/elapsed.Seconds(), 2*float64(done.Load())/elapsed.Seconds(), float64(calls.Load())/elapsed.Seconds())
 	return nil
 }
