@@ -7,9 +7,14 @@
 // the engine (each delivery persisted before its first attempt, its
 // attempt logged, in SQLite or PostgreSQL), and reports both rates and
 // their ratio. The latency phase matches events against a rules file at
-// a steady -rate for -duration, hands the deliveries to the engine as the
-// bus consumer does, and reports the delay from the event to the
-// receiver's handler. Every phase is bounded by -timeout.
+// a steady -rate for -duration, hands the deliveries to the engine, and
+// reports the delay from the event to the receiver's handler.
+//
+// The bus and bus-latency phases do the same through the hub's real
+// path: the events are published on an embedded bus, and the bridge's
+// batch consumer matches them against the rules and hands each batch's
+// deliveries to the engine in one Enqueue. Every phase is bounded by
+// -timeout.
 package main
 
 import (
@@ -47,19 +52,22 @@ import (
 const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 type options struct {
-	n           int
-	concurrency int
-	producers   int
-	batch       int
-	rate        int
-	duration    time.Duration
-	timeout     time.Duration
-	postgres    string
-	phases      string
-	rounds      int
-	groupCommit time.Duration
-	recordDelay time.Duration
-	cpuProfile  string
+	n            int
+	concurrency  int
+	producers    int
+	batch        int
+	rate         int
+	duration     time.Duration
+	timeout      time.Duration
+	postgres     string
+	phases       string
+	rounds       int
+	maxBatch     int
+	maxAckPend   int
+	publishBatch int
+	groupCommit  time.Duration
+	recordDelay  time.Duration
+	cpuProfile   string
 }
 
 func main() {
@@ -72,7 +80,10 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of the latency phase")
 	flag.DurationVar(&o.timeout, "timeout", 2*time.Minute, "upper bound on each phase")
 	flag.StringVar(&o.postgres, "postgres", "", "PostgreSQL DSN (an empty database or schema); default SQLite in a temporary directory")
-	flag.StringVar(&o.phases, "phases", "throughput,latency", "phases to run")
+	flag.StringVar(&o.phases, "phases", "throughput,latency,bus,bus-latency", "phases to run: throughput and latency hand deliveries to the engine directly; bus and bus-latency feed it through an embedded bus and the bridge's batch consumer, as the hub does")
+	flag.IntVar(&o.maxBatch, "max-batch", 0, "bridge MaxBatch: most events per batch handed to the deliveries consumer (0: the bridge's default)")
+	flag.IntVar(&o.maxAckPend, "max-ack-pending", 0, "bus MaxAckPending: messages delivered to the consumer and not yet acknowledged (0: the bus's default)")
+	flag.IntVar(&o.publishBatch, "publish-batch", 256, "events per Publish call in the bus phase (the relay publishes up to 256 outbox rows at once)")
 	flag.IntVar(&o.rounds, "rounds", 3, "throughput rounds (bare loop, then engine, each round): the ratio of each round and the median")
 	flag.DurationVar(&o.groupCommit, "group-commit", 0, "engine GroupCommitWait (0: the engine's default, negative: off)")
 	flag.DurationVar(&o.recordDelay, "record-delay", 0, "engine RecordDelay (0: the engine's default)")
@@ -85,8 +96,8 @@ func main() {
 }
 
 func run(o options) error {
-	if o.n < 1 || o.concurrency < 1 || o.producers < 1 || o.batch < 1 || o.rate < 1 || o.rounds < 1 {
-		return errors.New("-n, -concurrency, -producers, -batch, -rate and -rounds must be positive")
+	if o.n < 1 || o.concurrency < 1 || o.producers < 1 || o.batch < 1 || o.rate < 1 || o.rounds < 1 || o.publishBatch < 1 || o.maxBatch < 0 || o.maxAckPend < 0 {
+		return errors.New("-n, -concurrency, -producers, -batch, -rate, -rounds and -publish-batch must be positive, -max-batch and -max-ack-pending not negative")
 	}
 	fmt.Printf("GOMAXPROCS=%d  concurrency=%d  store=%s\n", runtime.GOMAXPROCS(0), o.concurrency, storeName(o))
 	recv, err := newReceiver()
@@ -106,7 +117,7 @@ func run(o options) error {
 	for _, ph := range []struct {
 		name string
 		fn   func(options, *receiver) error
-	}{{"throughput", throughput}, {"latency", latency}} {
+	}{{"throughput", throughput}, {"latency", latency}, {"bus", busThroughput}, {"bus-latency", busLatency}} {
 		if !slices.Contains(splitComma(o.phases), ph.name) {
 			continue
 		}
@@ -254,55 +265,10 @@ func throughputRound(o options, recv *receiver, round int) (bareRate, rate float
 		bodies[i], _ = json.Marshal(evs[i])
 	}
 
-	// Bare net/http loop: sign and post, nothing stored.
-	key, _ := webhook.ParseSecret(secret)
-	tr := &http.Transport{MaxIdleConns: o.concurrency, MaxIdleConnsPerHost: o.concurrency, IdleConnTimeout: 30 * time.Second}
-	client := &http.Client{Transport: tr, Timeout: 15 * time.Second}
-	done := recv.expect(o.n)
-	var next atomic.Int64
-	var failed atomic.Int64
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range o.concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= o.n {
-					return
-				}
-				id := delivery.MessageID(evs[i].ID, "hook", recv.url)
-				now := time.Now()
-				req, _ := http.NewRequest(http.MethodPost, recv.url, bytes.NewReader(bodies[i]))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("User-Agent", "buildbridge-webhook")
-				req.Header.Set(webhook.HeaderID, id)
-				req.Header.Set(webhook.HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
-				req.Header.Set(webhook.HeaderSignature, webhook.Sign([][]byte{key}, id, now, bodies[i]))
-				resp, err := client.Do(req)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-		}()
+	bareRate, err = bareLoop(o, recv, evs, bodies, round)
+	if err != nil {
+		return 0, 0, err
 	}
-	wg.Wait()
-	select {
-	case <-done:
-	case <-time.After(o.timeout):
-		return 0, 0, fmt.Errorf("bare loop: %d of %d received within %s", len(recv.arrivals()), o.n, o.timeout)
-	}
-	bare := time.Since(start)
-	tr.CloseIdleConnections()
-	if failed.Load() > 0 {
-		return 0, 0, fmt.Errorf("bare loop: %d requests failed", failed.Load())
-	}
-	bareRate = float64(o.n) / bare.Seconds()
-	fmt.Printf("round %d  bare net/http loop:   %6d webhooks in %7.3fs = %8.0f /s\n", round+1, o.n, bare.Seconds(), bareRate)
 
 	// The engine: persisted, attempted, logged.
 	s, cleanup, err := openStore(o)
@@ -319,9 +285,10 @@ func throughputRound(o options, recv *receiver, round int) (bareRate, rate float
 		return 0, 0, err
 	}
 	defer eng.Close()
-	done = recv.expect(o.n)
-	next.Store(0)
-	start = time.Now()
+	done := recv.expect(o.n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
 	errc := make(chan error, o.producers)
 	for range o.producers {
 		wg.Add(1)
@@ -372,6 +339,60 @@ func throughputRound(o options, recv *receiver, round int) (bareRate, rate float
 	return bareRate, rate, nil
 }
 
+// bareLoop posts the signed bodies with -concurrency goroutines and
+// returns the rate: the yardstick of each round.
+func bareLoop(o options, recv *receiver, evs []event.Envelope, bodies [][]byte, round int) (float64, error) {
+	key, _ := webhook.ParseSecret(secret)
+	tr := &http.Transport{MaxIdleConns: o.concurrency, MaxIdleConnsPerHost: o.concurrency, IdleConnTimeout: 30 * time.Second}
+	client := &http.Client{Transport: tr, Timeout: 15 * time.Second}
+	done := recv.expect(len(evs))
+	var next atomic.Int64
+	var failed atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range o.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(evs) {
+					return
+				}
+				id := delivery.MessageID(evs[i].ID, "hook", recv.url)
+				now := time.Now()
+				req, _ := http.NewRequest(http.MethodPost, recv.url, bytes.NewReader(bodies[i]))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("User-Agent", "buildbridge-webhook")
+				req.Header.Set(webhook.HeaderID, id)
+				req.Header.Set(webhook.HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
+				req.Header.Set(webhook.HeaderSignature, webhook.Sign([][]byte{key}, id, now, bodies[i]))
+				resp, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case <-done:
+	case <-time.After(o.timeout):
+		return 0, fmt.Errorf("bare loop: %d of %d received within %s", len(recv.arrivals()), len(evs), o.timeout)
+	}
+	bare := time.Since(start)
+	tr.CloseIdleConnections()
+	if failed.Load() > 0 {
+		return 0, fmt.Errorf("bare loop: %d requests failed", failed.Load())
+	}
+	rate := float64(len(evs)) / bare.Seconds()
+	fmt.Printf("round %d  bare net/http loop:   %6d webhooks in %7.3fs = %8.0f /s\n", round+1, len(evs), bare.Seconds(), rate)
+	return rate, nil
+}
+
 func waitSucceeded(s *store.DB, n int, deadline time.Time) error {
 	for {
 		var got int
@@ -394,18 +415,7 @@ func latency(o options, recv *receiver) error {
 		return err
 	}
 	defer cleanup()
-	rules, err := routes.Parse("bench-rules.yaml", []byte(`sinks:
-  hook:
-    type: webhook
-    url: `+recv.url+`
-    secret: `+secret+`
-    concurrency: `+strconv.Itoa(o.concurrency)+`
-routes:
-  - name: finished builds
-    match:
-      state: FINISHED
-    to: [hook]
-`), routes.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	rules, err := benchRules(o, recv.url)
 	if err != nil {
 		return err
 	}
