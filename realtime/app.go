@@ -452,6 +452,13 @@ const parallelFanout = 512
 // fanout hands frame (a complete WebSocket frame) to every subscriber of
 // the channel but exclude. It returns when every subscriber has written
 // or queued it.
+// subscribed reports whether a connection of this node holds channel name.
+func (a *app) subscribed(name string) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.channels[name] != nil
+}
+
 func (a *app) fanout(name string, frame []byte, exclude string) {
 	a.mu.RLock()
 	ch := a.channels[name]
