@@ -140,10 +140,10 @@ func (bs *batchSub) run() {
 		select {
 		case bs.out <- msgs:
 		case <-bs.ctx.Done():
-			bs.nakNow(batch)
+			bs.putBack(batch)
 			return
 		case <-bs.s.closing:
-			bs.nakNow(batch)
+			bs.putBack(batch)
 			return
 		}
 		if !bs.relayAcks(batch, msgs) {
@@ -181,6 +181,15 @@ func (bs *batchSub) take() []jetstream.Msg {
 			return nil
 		}
 	}
+}
+
+// putBack returns a batch not handed over to the head of the queue, for
+// stop to give back once the subscription has ended (given back before,
+// the server could deliver it to this subscription again, too late).
+func (bs *batchSub) putBack(batch []jetstream.Msg) {
+	bs.mu.Lock()
+	bs.queue = append(batch, bs.queue...)
+	bs.mu.Unlock()
 }
 
 func redelivered(m jetstream.Msg) bool {
@@ -247,7 +256,10 @@ func (bs *batchSub) nakNow(batch []jetstream.Msg) {
 }
 
 // stop ends the NATS subscription, letting the messages the client holds
-// reach the queue, and gives back everything not handed over.
+// reach the queue, and then gives back everything not handed over: after
+// the subscription ended, so that the server delivers it to another
+// subscription of the durable (or to this node after a restart) rather
+// than to this one.
 func (bs *batchSub) stop() {
 	bs.cc.Drain()
 	select {
