@@ -44,10 +44,12 @@ test-rules: build
 	$(BIN) rules check --skip-secrets rules.example.yaml
 
 # Client tests: the official pusher-js and the dashboard in headless
-# Chromium, against a real `buildbridge serve`.
+# Chromium, against a real `buildbridge serve` (two nodes on PostgreSQL
+# and NATS when those answer).
 test-node: build test/node/node_modules/.installed
 	bash scripts/chromium.sh
-	cd test/node && BUILDBRIDGE_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 --test-timeout=180000 *.test.js
+	@eval "$$(bash scripts/services.sh)"; \
+	  cd test/node && BUILDBRIDGE_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 --test-timeout=180000 *.test.js
 
 test/node/node_modules/.installed: test/node/package.json test/node/package-lock.json
 	cd test/node && npm ci --no-audit --no-fund
