@@ -24,6 +24,10 @@ type ManagerConfig struct {
 	Options Options
 	// PollInterval is how often Watch looks at the file (default 1s).
 	PollInterval time.Duration
+	// OnChange, when set, is what Watch calls once a change of the file
+	// has settled, instead of Reload: the owner reloads and applies the
+	// new rules (reconfigures its sinks) in one place.
+	OnChange func()
 	Logger       *slog.Logger
 	// Registerer receives the reload metrics when set.
 	Registerer prometheus.Registerer
@@ -207,6 +211,10 @@ func (m *Manager) Watch(ctx context.Context) error {
 			continue
 		}
 		pending = fingerprint{}
+		if m.cfg.OnChange != nil {
+			m.cfg.OnChange()
+			continue
+		}
 		_ = m.Reload() // it logs and counts its errors itself
 
 	}

@@ -43,7 +43,9 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	if err != nil {
 		return fmt.Errorf("setting deliveries.webhook_allow: %w", err)
 	}
-	mgr, err := routes.NewManager(routes.ManagerConfig{Path: h.cfg.Rules, Logger: h.log, Registerer: h.reg})
+	var d *deliveries // set below; the file watch starts only after it is
+	mgr, err := routes.NewManager(routes.ManagerConfig{Path: h.cfg.Rules, Logger: h.log, Registerer: h.reg,
+		OnChange: func() { d.reload() }}) // reload logs its own errors
 	if err != nil {
 		return fmt.Errorf("rules (setting rules):\n%w", err)
 	}
@@ -51,7 +53,7 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	if err != nil {
 		return err
 	}
-	d := &deliveries{h: h, rules: mgr}
+	d = &deliveries{h: h, rules: mgr}
 	h.emit = d.emit
 	node, err := nodeID(h.cfg.Data)
 	if err != nil {
@@ -84,9 +86,31 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	// The engine starts once the hub is ready (every feature mounted,
 	// the embedded realtime server running), and stops before the store
 	// closes.
+	// A reload through the API reaches every node: each rereads its own
+	// copy of the file (core NATS, at most once; the file watch below
+	// catches a change on a node that missed the notice).
+	stopListen, err := h.bus.Listen(rulesReloadTopic, func(from []byte) {
+		if string(from) != h.node {
+			h.log.Info("rules reload requested by another node", "node", string(from))
+			d.reload()
+		}
+	})
+	if err != nil {
+		return err
+	}
 	stop := make(chan struct{})
+	watchCtx, stopWatch := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-h.ready:
+		case <-stop:
+			return
+		}
+		mgr.Watch(watchCtx)
+	}()
 	go func() {
 		defer wg.Done()
 		select {
@@ -114,6 +138,8 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	}()
 	h.onShutdown = append(h.onShutdown, func(context.Context) {
 		signal.Stop(hup)
+		stopListen()
+		stopWatch()
 		close(stop)
 		wg.Wait()
 		d.engine.Close()
@@ -159,6 +185,9 @@ func (d *deliveries) emit(ctx context.Context, ev event.Envelope) error {
 	return d.engine.Enqueue(ctx, d.rules.Current().Match(ev))
 }
 
+// rulesReloadTopic is the bus broadcast that asks every node to reload.
+const rulesReloadTopic = "rules.reload"
+
 // reload reloads the rules file and reconfigures the engine's sinks. A
 // file with errors changes nothing.
 func (d *deliveries) reload() (*routes.Rules, error) {
@@ -166,6 +195,9 @@ func (d *deliveries) reload() (*routes.Rules, error) {
 	defer d.mu.Unlock()
 	if err := d.rules.Reload(); err != nil {
 		return nil, err // logged by the manager
+	}
+	for _, fn := range d.h.onRulesReload {
+		fn()
 	}
 	r := d.rules.Current()
 	if err := d.engine.Configure(r.Sinks()); err != nil {
@@ -185,6 +217,11 @@ func (d *deliveries) reloadHandler(c *gin.Context) {
 		return
 	}
 	r, err := d.reload()
+	if r != nil {
+		if berr := d.h.bus.Broadcast(rulesReloadTopic, []byte(d.h.node)); berr != nil {
+			d.h.log.Warn("rules reloaded here; other nodes not told (they still reload when their file changes)", "err", berr)
+		}
+	}
 	var rerrs routes.Errors
 	switch {
 	case errors.As(err, &rerrs):

@@ -89,6 +89,10 @@ type hub struct {
 	// onShutdown runs, in order, once the HTTP server has stopped
 	// accepting requests: features close what they hold (WebSockets …).
 	onShutdown []func(context.Context)
+	// onRulesReload runs after every successful reload of the rules file
+	// (file change, SIGHUP, the API, another node's request), for the
+	// features that keep their own part of it.
+	onRulesReload []func()
 
 	// node names this process among the nodes sharing the store: in the
 	// builds its embedded runner claims, the relay's lock, the delivery

@@ -7,17 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/url"
-	"os"
-	"os/signal"
 	"strings"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
-	"github.com/gin-gonic/gin"
 	"github.com/spf13/cobra"
 
 	"github.com/buildbridge/buildbridge/api"
@@ -36,10 +31,6 @@ func init() {
 // carries each sample of the system figures.
 const EventSystemFigures = "system-figures"
 
-// rulesReloadRoute is the route of POST /api/v1/admin/rules/reload, after
-// which the alerts are reloaded too.
-const rulesReloadRoute = "/api/v1/admin/rules/reload"
-
 // usageFeature meters the API and reports on it: the middleware on every
 // authenticated request, the flushes to the store, api-usage events to
 // active users, usage-threshold events through the rules, and every
@@ -49,11 +40,10 @@ type usageFeature struct {
 	meter  *usage.Meter
 	system *usage.System
 	eval   *usage.Evaluator
-	// alerts holds the rules file's alerts; it reloads with the rules (on
-	// SIGHUP and after POST /api/v1/admin/rules/reload).
+	// alerts holds the rules file's alerts; it reloads after every reload
+	// of the rules (hub.onRulesReload).
 	alerts *routes.Manager
 	log    *slog.Logger
-	reload chan struct{}
 }
 
 // mountUsage wires the usage feature into the hub. Its loops start once
@@ -74,18 +64,14 @@ func mountUsage(ctx context.Context, h *hub) error {
 	if err != nil {
 		return fmt.Errorf("rules (setting rules):\n%w", err)
 	}
-	u := &usageFeature{h: h, meter: m, eval: usage.NewEvaluator(log), alerts: alerts, log: log, reload: make(chan struct{}, 1)}
+	u := &usageFeature{h: h, meter: m, eval: usage.NewEvaluator(log), alerts: alerts, log: log}
 	u.system, err = usage.NewSystem(usage.SystemConfig{Meter: m, Outside: u.outside})
 	if err != nil {
 		return err
 	}
 	meter := usage.Middleware(m, h.api)
-	h.api.UseAfterAuth(func(c *gin.Context) {
-		meter(c)
-		if c.FullPath() == rulesReloadRoute && c.Writer.Status() == http.StatusOK {
-			u.reloadAlerts()
-		}
-	})
+	h.api.UseAfterAuth(meter)
+	h.onRulesReload = append(h.onRulesReload, u.reloadAlerts)
 	if err := h.api.EnableUsage(api.UsageConfig{Reader: m,
 		RateLimit: func(us store.User) (int, time.Duration) { return m.LimitFor(us.Name) }}); err != nil {
 		return err
@@ -117,20 +103,7 @@ func mountUsage(ctx context.Context, h *hub) error {
 	run(u.publishActivity)
 	run(u.emitThresholds)
 	run(u.watchSystem)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	run(func(ctx context.Context) {
-		for {
-			select {
-			case <-hup:
-				u.reloadAlerts()
-			case <-ctx.Done():
-				return
-			}
-		}
-	})
 	h.onShutdown = append(h.onShutdown, func(context.Context) {
-		signal.Stop(hup)
 		stop()
 		wg.Wait()
 	})
