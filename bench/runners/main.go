@@ -172,6 +172,11 @@ func run(n, runners, nodes int, pg string, timeout time.Duration) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("timed out after %d builds", done.Load())
 	}
+	// Every queued build claimed and finished exactly once, whichever node
+	// the runner asked.
+	if done.Load() != int64(n) {
+		return fmt.Errorf("%d builds finished, %d were queued", done.Load(), n)
+	}
 	fmt.Printf("store=%s nodes=%d builds=%d runners=%d cores=%d elapsed=%s\n", s.Dialect(), nodes, done.Load(), runners, runtime.NumCPU(), elapsed.Round(time.Millisecond))
 	// Each build is two transitions (STARTED, FINISHED), each an event
 	// row in the outbox committed with it.
