@@ -43,7 +43,7 @@ func (s *DB) RemoveNode(ctx context.Context, node string) error {
 // build names.
 func (s *DB) PruneNodes(ctx context.Context, t time.Time) error {
 	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM nodes WHERE expires_at < ?
-		AND NOT EXISTS (SELECT 1 FROM builds b WHERE b.state = ? AND b.node = nodes.id)`), ms(t), builds.Started)
+		AND NOT EXISTS (SELECT 1 FROM builds b WHERE b.`+startedCond+` AND b.node = nodes.id)`), ms(t))
 	if err != nil {
 		return fmt.Errorf("prune nodes: %w", err)
 	}
@@ -70,9 +70,10 @@ type OrphanBuild struct {
 // as dead, live lease or not: right only where one node uses the store
 // (SQLite).
 func (s *DB) OrphanedBuilds(ctx context.Context, self string, startup, everyOther bool, limit int) ([]OrphanBuild, error) {
+	// The state is in the text, not bound: see queuedCond.
 	query := `SELECT b.id, COALESCE(b.node, ''), n.expires_at FROM builds b LEFT JOIN nodes n ON n.id = b.node
-		WHERE b.state = ? AND NOT EXISTS (SELECT 1 FROM build_leases l WHERE l.build_id = b.id)`
-	args := []any{builds.Started}
+		WHERE b.` + startedCond + ` AND NOT EXISTS (SELECT 1 FROM build_leases l WHERE l.build_id = b.id)`
+	var args []any
 	switch now := ms(s.now()); {
 	case startup && everyOther:
 	case everyOther:

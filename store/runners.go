@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -247,21 +248,31 @@ func (s *DB) ClaimForRunner(ctx context.Context, runnerID int64, labels []string
 		b     builds.Build
 		lease Lease
 	)
+	// An idle runner polls every second: a plain read answers "nothing
+	// queued" instead of the claim's transaction (and, with many runners
+	// polling at once, the savepoints of a shared commit).
+	if queued, err := s.anyQueued(ctx, len(labels) == 0); err != nil || !queued {
+		if err == nil {
+			err = ErrNotFound
+		}
+		return builds.Build{}, Lease{}, err
+	}
 	err := s.groupTx(ctx, func(tx *sql.Tx) error {
 		// A runner without labels takes only builds that need none: one
-		// row to look at (and lock) instead of a window.
+		// row to look at (and lock) instead of a window. The state and
+		// the window are in the text, not bound: see queuedCond.
 		window := claimWindow
 		query := `SELECT b.id, COALESCE(pl.labels, '') FROM builds b LEFT JOIN project_labels pl ON pl.project_id = b.project_id
-			WHERE b.state = ?`
+			WHERE b.` + queuedCond
 		if len(labels) == 0 {
 			query += ` AND pl.project_id IS NULL`
 			window = 1
 		}
-		query += ` ORDER BY b.id LIMIT ?`
+		query += ` ORDER BY b.id LIMIT ` + strconv.Itoa(window)
 		if s.postgres {
 			query += ` FOR UPDATE OF b SKIP LOCKED`
 		}
-		rows, err := tx.QueryContext(ctx, s.q(query), builds.Queued, window)
+		rows, err := tx.QueryContext(ctx, query)
 		if err != nil {
 			return fmt.Errorf("claim build: %w", err)
 		}
@@ -487,8 +498,8 @@ func (s *DB) LeasedBuilds(ctx context.Context) (map[int64]bool, error) {
 // WaitingForLabels counts queued builds that need labels, by their
 // comma-separated label set.
 func (s *DB) WaitingForLabels(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT pl.labels, COUNT(*) FROM builds b JOIN project_labels pl ON pl.project_id = b.project_id
-		WHERE b.state = ? GROUP BY pl.labels`), builds.Queued)
+	rows, err := s.db.QueryContext(ctx, `SELECT pl.labels, COUNT(*) FROM builds b JOIN project_labels pl ON pl.project_id = b.project_id
+		WHERE b.`+queuedCond+` GROUP BY pl.labels`)
 	if err != nil {
 		return nil, fmt.Errorf("builds waiting for labels: %w", err)
 	}

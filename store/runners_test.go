@@ -223,3 +223,78 @@ func TestClaimForRunnerConcurrent(t *testing.T) {
 		}
 	})
 }
+
+// TestIdleClaimIsOneRead checks that a claim with nothing to claim (an
+// idle runner or embedded worker, polling every second) costs one read:
+// one statement, and none that locks, so it answers at once while
+// another session holds a write lock on the builds (SQLite: the database
+// write lock; PostgreSQL: an EXCLUSIVE lock on builds, which lets plain
+// reads through but not a claim's SELECT … FOR UPDATE). It holds while
+// builds that need labels the claimer lacks are queued.
+func TestIdleClaimIsOneRead(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		_, gpu := mkProject(t, s, "gpu")
+		if err := s.SetProjectLabels(ctx, gpu.ID, []string{"gpu"}); err != nil {
+			t.Fatal(err)
+		}
+		_, r, err := s.CreateRunner(ctx, "r", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RenewNode(ctx, "node-a", time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		idle := func(what string) {
+			t.Helper()
+			conn, err := s.db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			lock := []string{`BEGIN IMMEDIATE`}
+			if s.postgres {
+				lock = []string{`BEGIN`, `LOCK TABLE builds IN EXCLUSIVE MODE`}
+			}
+			for _, q := range lock {
+				if _, err := conn.ExecContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer conn.ExecContext(ctx, `ROLLBACK`)
+			for name, claim := range map[string]func(context.Context) error{
+				"ClaimForRunner": func(ctx context.Context) error {
+					_, _, err := s.ClaimForRunner(ctx, r.ID, nil, time.Minute)
+					return err
+				},
+				"ClaimQueuedOn": func(ctx context.Context) error { _, err := s.ClaimQueuedOn(ctx, "node-a"); return err },
+			} {
+				before := s.Queries()
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				err := claim(cctx)
+				cancel()
+				if !errors.Is(err, ErrNotFound) {
+					t.Fatalf("%s, %s, builds write-locked: err = %v, want ErrNotFound at once", name, what, err)
+				}
+				if n := s.Queries() - before; n != 1 {
+					t.Errorf("%s, %s: %d statements, want 1", name, what, n)
+				}
+			}
+		}
+		idle("nothing queued")
+		gb, err := s.CreateBuild(ctx, NewBuild{ProjectID: gpu.ID, Ref: "refs/heads/main", Branch: "main", SHA: "abc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle("a build for gpu runners queued")
+		// A runner with the label still finds it.
+		b, _, err := s.ClaimForRunner(ctx, r.ID, []string{"gpu"}, time.Minute)
+		if err != nil || b.ID != gb.ID {
+			t.Fatalf("gpu runner's claim = %+v, %v", b, err)
+		}
+		_, _, err = s.ClaimForRunner(ctx, r.ID, []string{"gpu"}, time.Minute)
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("second gpu claim: err = %v, want ErrNotFound", err)
+		}
+	})
+}

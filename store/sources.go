@@ -294,8 +294,8 @@ func (s *DB) supersedeTx(ctx context.Context, tx *sql.Tx, b builds.Build) ([]bui
 	if s.postgres {
 		lock = " FOR UPDATE"
 	}
-	rows, err := tx.QueryContext(ctx, s.q(`SELECT id FROM builds WHERE project_id = ? AND branch = ? AND state = ? AND id < ? ORDER BY id`+lock),
-		b.ProjectID, b.Branch, builds.Queued, b.ID)
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT id FROM builds WHERE project_id = ? AND branch = ? AND `+queuedCond+` AND id < ? ORDER BY id`+lock),
+		b.ProjectID, b.Branch, b.ID)
 	if err != nil {
 		return nil, fmt.Errorf("queued builds of %s: %w", b.Branch, err)
 	}
