@@ -28,7 +28,7 @@ type ManagerConfig struct {
 	// has settled, instead of Reload: the owner reloads and applies the
 	// new rules (reconfigures its sinks) in one place.
 	OnChange func()
-	Logger       *slog.Logger
+	Logger   *slog.Logger
 	// Registerer receives the reload metrics when set.
 	Registerer prometheus.Registerer
 }
