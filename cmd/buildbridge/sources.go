@@ -74,27 +74,9 @@ func rotateWebhookSecret(h *hub) gin.HandlerFunc {
 				return
 			}
 		}
-		grace := 24 * time.Hour
-		if len(in.Grace) > 0 && string(in.Grace) != "null" {
-			var s string
-			var secs float64
-			switch {
-			case json.Unmarshal(in.Grace, &s) == nil:
-				d, err := time.ParseDuration(s)
-				if err != nil {
-					h.api.Fail(c, api.NewError(http.StatusBadRequest, "invalid_field", "field \"grace\": %q is not a duration like \"24h\"", s))
-					return
-				}
-				grace = d
-			case json.Unmarshal(in.Grace, &secs) == nil:
-				grace = time.Duration(secs * float64(time.Second))
-			default:
-				h.api.Fail(c, api.NewError(http.StatusBadRequest, "invalid_field", "field \"grace\" must be a duration (\"24h\") or a number of seconds"))
-				return
-			}
-		}
-		if grace < 0 || grace > maxSecretGrace {
-			h.api.Fail(c, api.NewError(http.StatusBadRequest, "invalid_field", "field \"grace\" must be between 0 and %s", maxSecretGrace))
+		grace, err := parseGrace(in.Grace, 24*time.Hour)
+		if err != nil {
+			h.api.Fail(c, err)
 			return
 		}
 		secret, err := forge.NewSecret()
