@@ -2,13 +2,31 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/buildbridge/buildbridge/builds"
 )
+
+// NewNodeID names a hub node in the store's leases (builds its runner
+// claims, deliveries it holds): the host name and a random suffix, so that
+// two processes on one host never share it. A node that should be the
+// same after a restart keeps the id it was given (serve keeps it in its
+// data directory).
+func NewNodeID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "node"
+	}
+	var raw [4]byte
+	rand.Read(raw[:])
+	return host + "-" + hex.EncodeToString(raw[:])
+}
 
 // ErrNodeAlive is returned by RecoverBuild for a build that a live node
 // (or a remote runner) holds, or that is no longer STARTED.

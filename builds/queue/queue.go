@@ -14,13 +14,10 @@ package queue
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -61,7 +58,7 @@ type Config struct {
 	// differ between the processes sharing a store; kept across restarts,
 	// a restarted node takes its interrupted builds back at once instead
 	// of after NodeTTL. Default: the host name and a random suffix
-	// (DefaultNode), new at every start.
+	// (store.NewNodeID), new at every start.
 	Node string
 	// NodeTTL is how long the node's lease lasts without renewal; it is
 	// renewed, and other nodes' expired builds are recovered, every
@@ -91,7 +88,7 @@ func (c *Config) setDefaults() {
 		c.ShutdownGrace = 30 * time.Second
 	}
 	if c.Node == "" {
-		c.Node = DefaultNode()
+		c.Node = store.NewNodeID()
 	}
 	if c.NodeTTL == 0 {
 		c.NodeTTL = 10 * time.Second
@@ -120,18 +117,6 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("queue: NodeTTL must be ≥ 100ms, got %s", c.NodeTTL)
 	}
 	return nil
-}
-
-// DefaultNode is a node id for this process: the host name and a random
-// suffix, so that two processes on one host, or a restart, never share it.
-func DefaultNode() string {
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "node"
-	}
-	var raw [4]byte
-	rand.Read(raw[:])
-	return host + "-" + hex.EncodeToString(raw[:])
 }
 
 // Queue runs builds. Create it with New and start it with Run.

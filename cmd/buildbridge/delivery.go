@@ -18,6 +18,7 @@ import (
 	"github.com/buildbridge/buildbridge/sinks"
 	"github.com/buildbridge/buildbridge/sinks/delivery"
 	"github.com/buildbridge/buildbridge/sinks/webhook"
+	"github.com/buildbridge/buildbridge/store"
 )
 
 func init() { mounts = append(mounts, mountDeliveries) }
@@ -153,12 +154,12 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 // own). Without a data directory it is made anew at each start.
 func nodeID(dir string) (string, error) {
 	if dir == "" {
-		return delivery.DefaultNodeID(), nil
+		return store.NewNodeID(), nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
-	return persistentSecret(dir, "node-id", "", func() (string, error) { return delivery.DefaultNodeID(), nil })
+	return persistentSecret(dir, "node-id", "", func() (string, error) { return store.NewNodeID(), nil })
 }
 
 // consume persists the deliveries of a batch of events in one Enqueue

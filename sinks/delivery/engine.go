@@ -139,7 +139,7 @@ func (c *Config) setDefaults() {
 		c.MaxResponseBody = 4 << 10
 	}
 	if c.NodeID == "" {
-		c.NodeID = DefaultNodeID()
+		c.NodeID = store.NewNodeID()
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 30 * time.Second

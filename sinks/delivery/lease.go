@@ -2,10 +2,7 @@ package delivery
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"os"
 	"slices"
 	"time"
 
@@ -32,18 +29,6 @@ import (
 //
 // Leases are compared on each node's wall clock: nodes' clocks must agree
 // to well within LeaseTTL (NTP does).
-
-// DefaultNodeID is the host name and a random suffix: unique, but not
-// stable across restarts.
-func DefaultNodeID() string {
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "node"
-	}
-	var b [4]byte
-	rand.Read(b[:])
-	return host + "-" + hex.EncodeToString(b[:])
-}
 
 // claimOp asks the writer for the lease of one delivery seen with
 // attempts attempts.
