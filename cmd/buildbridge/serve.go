@@ -106,10 +106,14 @@ type hub struct {
 // newHub opens the store and the bus and builds every part of the server,
 // without starting anything that runs in the background.
 func newHub(ctx context.Context, cfg Config, logger *slog.Logger) (h *hub, err error) {
+	if cfg.ArtifactsDir == "" {
+		cfg.ArtifactsDir = filepath.Join(cfg.Data, "artifacts")
+	}
 	h = &hub{cfg: cfg, log: logger, reg: prometheus.NewRegistry(), mux: http.NewServeMux(), ready: make(chan struct{})}
+	built := h // the error returns below leave h nil
 	defer func() {
 		if err != nil {
-			h.close()
+			built.close()
 		}
 	}()
 	h.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
