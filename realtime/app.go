@@ -449,25 +449,23 @@ func (a *app) bind(id, owner string) bool {
 // channels are bound by them.
 const parallelFanout = 512
 
-// fanout hands frame (a complete WebSocket frame) to every subscriber of
-// the channel but exclude. It returns when every subscriber has written
-// or queued it.
-// subscribed reports whether a connection of this node holds channel name.
-func (a *app) subscribed(name string) bool {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.channels[name] != nil
-}
-
-func (a *app) fanout(name string, frame []byte, exclude string) {
+// fanout hands the frame that build makes (a complete WebSocket frame)
+// to every subscriber of the channel but exclude. It returns when every
+// subscriber has written or queued it. Every node receives every event
+// and most hold no subscriber of a given channel: build runs only when
+// one does.
+func (a *app) fanout(name string, build func() []byte, exclude string) {
 	a.mu.RLock()
 	ch := a.channels[name]
-	if ch == nil || len(ch.subs) < parallelFanout {
-		if ch != nil {
-			for c := range ch.subs {
-				if c.id != exclude {
-					c.sendFrame(frame)
-				}
+	if ch == nil {
+		a.mu.RUnlock()
+		return
+	}
+	frame := build()
+	if len(ch.subs) < parallelFanout {
+		for c := range ch.subs {
+			if c.id != exclude {
+				c.sendFrame(frame)
 			}
 		}
 		a.mu.RUnlock()

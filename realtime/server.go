@@ -251,11 +251,7 @@ func (s *Server) receive(m Message) {
 	switch m.Kind {
 	case KindEvent:
 		for _, ch := range m.Channels {
-			// Every node receives every event; most hold no subscriber of a
-			// given user's channel, and need not build its frame.
-			if a.subscribed(ch) {
-				a.fanout(ch, textFrame(eventFrame(m.Event, ch, m.Data, m.UserID)), m.ExcludeSocketID)
-			}
+			a.fanout(ch, func() []byte { return textFrame(eventFrame(m.Event, ch, m.Data, m.UserID)) }, m.ExcludeSocketID)
 		}
 	case KindTerminateUser:
 		a.terminateUser(m.UserID)
