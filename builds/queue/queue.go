@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -500,18 +499,5 @@ func (q *Queue) watchCancel(ctx context.Context, claimed builds.Build, cancel co
 }
 
 func (q *Queue) spec(b builds.Build, p builds.Project) runner.Spec {
-	env := map[string]string{
-		"BUILDBRIDGE_BUILD_ID":      strconv.FormatInt(b.ID, 10),
-		"BUILDBRIDGE_BUILD_NUMBER":  strconv.FormatInt(b.Number, 10),
-		"BUILDBRIDGE_PROJECT":       p.Name,
-		"BUILDBRIDGE_REPO":          p.Repo,
-		"BUILDBRIDGE_REF":           b.Ref,
-		"BUILDBRIDGE_BRANCH":        b.Branch,
-		"BUILDBRIDGE_SHA":           b.SHA,
-		"BUILDBRIDGE_COMMIT_AUTHOR": b.Author,
-	}
-	if q.cfg.BuildURL != "" {
-		env["BUILDBRIDGE_BUILD_URL"] = q.cfg.BuildURL + strconv.FormatInt(b.ID, 10)
-	}
-	return runner.Spec{BuildID: b.ID, Repo: p.Repo, SHA: b.SHA, Ref: b.Ref, Steps: p.Steps, Timeout: p.Timeout, Env: env}
+	return runner.Spec{BuildID: b.ID, Repo: p.Repo, SHA: b.SHA, Ref: b.Ref, Steps: p.Steps, Timeout: p.Timeout, Env: builds.Env(b, p, q.cfg.BuildURL)}
 }

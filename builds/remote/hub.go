@@ -238,7 +238,7 @@ func (h *Hub) claim(w http.ResponseWriter, r *http.Request) {
 	h.cfg.Logger.Info("build claimed by runner", "build_id", b.ID, "runner", rn.Name)
 	writeJSON(w, http.StatusOK, Job{BuildID: b.ID, Number: b.Number, Project: p.Name, Lease: lease.Token,
 		LeaseTTL: h.cfg.LeaseTTL.Milliseconds(), Repo: p.Repo, SHA: b.SHA, Ref: b.Ref, Steps: p.Steps,
-		TimeoutMS: p.Timeout.Milliseconds(), Env: h.env(b, p)})
+		TimeoutMS: p.Timeout.Milliseconds(), Env: builds.Env(b, p, h.cfg.BuildURL)})
 }
 
 func hasLabel(have []string, l string) bool {
@@ -248,23 +248,6 @@ func hasLabel(have []string, l string) bool {
 		}
 	}
 	return false
-}
-
-func (h *Hub) env(b builds.Build, p builds.Project) map[string]string {
-	env := map[string]string{
-		"BUILDBRIDGE_BUILD_ID":      strconv.FormatInt(b.ID, 10),
-		"BUILDBRIDGE_BUILD_NUMBER":  strconv.FormatInt(b.Number, 10),
-		"BUILDBRIDGE_PROJECT":       p.Name,
-		"BUILDBRIDGE_REPO":          p.Repo,
-		"BUILDBRIDGE_REF":           b.Ref,
-		"BUILDBRIDGE_BRANCH":        b.Branch,
-		"BUILDBRIDGE_SHA":           b.SHA,
-		"BUILDBRIDGE_COMMIT_AUTHOR": b.Author,
-	}
-	if h.cfg.BuildURL != "" {
-		env["BUILDBRIDGE_BUILD_URL"] = h.cfg.BuildURL + strconv.FormatInt(b.ID, 10)
-	}
-	return env
 }
 
 func (h *Hub) heartbeat(w http.ResponseWriter, r *http.Request, id int64, lease string) {
