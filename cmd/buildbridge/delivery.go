@@ -84,9 +84,6 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	}
 	h.api.Group.POST("/admin/rules/reload", d.reloadHandler)
 
-	// The engine starts once the hub is ready (every feature mounted,
-	// the embedded realtime server running), and stops before the store
-	// closes.
 	// A reload through the API reaches every node: each rereads its own
 	// copy of the file (core NATS, at most once; the file watch below
 	// catches a change on a node that missed the notice).
@@ -99,29 +96,23 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	if err != nil {
 		return err
 	}
-	stop := make(chan struct{})
-	watchCtx, stopWatch := context.WithCancel(context.Background())
+	// The engine and the file watch start once the hub is ready (every
+	// feature mounted, the embedded realtime server running), and stop
+	// before the store closes.
+	loops, stopLoops := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		select {
 		case <-h.ready:
-		case <-stop:
-			return
-		}
-		mgr.Watch(watchCtx)
-	}()
-	go func() {
-		defer wg.Done()
-		select {
-		case <-h.ready:
-		case <-stop:
+		case <-loops.Done():
 			return
 		}
 		if err := d.engine.Start(ctx); err != nil && !errors.Is(err, delivery.ErrClosed) {
 			h.log.Error("delivery engine did not start; deliveries stay pending", "err", err)
 		}
+		mgr.Watch(loops)
 	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -132,7 +123,7 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 			case <-hup:
 				h.log.Info("SIGHUP: reloading the rules", "file", h.cfg.Rules)
 				d.reload() // logs its own errors
-			case <-stop:
+			case <-loops.Done():
 				return
 			}
 		}
@@ -140,8 +131,7 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	h.onShutdown = append(h.onShutdown, func(context.Context) {
 		signal.Stop(hup)
 		stopListen()
-		stopWatch()
-		close(stop)
+		stopLoops()
 		wg.Wait()
 		d.engine.Close()
 	})
