@@ -59,18 +59,8 @@ func showSinkSecret(h *hub, rules *routes.Manager, secrets *webhook.Secrets) gin
 			h.api.Fail(c, api.NewError(http.StatusNotFound, "not_found", "no sink %q in the rules in force", name))
 			return
 		}
-		var in struct {
-			Grace json.RawMessage `json:"grace"`
-		}
-		if c.Request.ContentLength != 0 {
-			if err := h.api.Decode(c, &in); err != nil {
-				h.api.Fail(c, err)
-				return
-			}
-		}
-		grace, err := parseGrace(in.Grace, 24*time.Hour)
-		if err != nil {
-			h.api.Fail(c, err)
+		grace, ok := readGrace(h, c)
+		if !ok {
 			return
 		}
 		w, replaced, err := secrets.Show(c.Request.Context(), name, grace)
@@ -99,6 +89,26 @@ func showSinkSecret(h *hub, rules *routes.Manager, secrets *webhook.Secrets) gin
 			"rotated": replaced, "previous_expires_at": prevExpires,
 		})
 	}
+}
+
+// readGrace reads a rotation's optional body, {"grace":"24h"} or seconds
+// (default 24h), and answers the request itself when it is wrong.
+func readGrace(h *hub, c *gin.Context) (time.Duration, bool) {
+	var in struct {
+		Grace json.RawMessage `json:"grace"`
+	}
+	if c.Request.ContentLength != 0 {
+		if err := h.api.Decode(c, &in); err != nil {
+			h.api.Fail(c, err)
+			return 0, false
+		}
+	}
+	grace, err := parseGrace(in.Grace, 24*time.Hour)
+	if err != nil {
+		h.api.Fail(c, err)
+		return 0, false
+	}
+	return grace, true
 }
 
 // parseGrace reads a grace period written as a duration ("24h") or a

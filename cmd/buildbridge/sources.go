@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"time"
 
@@ -65,18 +64,8 @@ func rotateWebhookSecret(h *hub) gin.HandlerFunc {
 		if !ok {
 			return
 		}
-		var in struct {
-			Grace json.RawMessage `json:"grace"`
-		}
-		if c.Request.ContentLength != 0 {
-			if err := h.api.Decode(c, &in); err != nil {
-				h.api.Fail(c, err)
-				return
-			}
-		}
-		grace, err := parseGrace(in.Grace, 24*time.Hour)
-		if err != nil {
-			h.api.Fail(c, err)
+		grace, ok := readGrace(h, c)
+		if !ok {
 			return
 		}
 		secret, err := forge.NewSecret()
