@@ -27,14 +27,7 @@ type SinkSecret struct {
 // Valid returns the secrets that sign at time now: the current one, then
 // the previous one while its grace period lasts.
 func (w SinkSecret) Valid(now time.Time) []string {
-	var out []string
-	if w.Secret != "" {
-		out = append(out, w.Secret)
-	}
-	if w.Previous != "" && now.Before(w.PreviousExpiresAt) {
-		out = append(out, w.Previous)
-	}
-	return out
+	return validSecrets(w.Secret, w.Previous, w.PreviousExpiresAt, now)
 }
 
 const sinkSecretColumns = `sink, secret, previous_secret, previous_expires_at, created_at, shown_at`

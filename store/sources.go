@@ -25,12 +25,18 @@ type WebhookSecret struct {
 // Valid returns the secrets that verify a delivery at time now: the current
 // one, then the previous one while its grace period lasts.
 func (w WebhookSecret) Valid(now time.Time) []string {
+	return validSecrets(w.Secret, w.Previous, w.PreviousExpiresAt, now)
+}
+
+// validSecrets is the current secret, then the previous one until it
+// expires: what a rotation with a grace period accepts or signs with.
+func validSecrets(current, previous string, expires, now time.Time) []string {
 	var out []string
-	if w.Secret != "" {
-		out = append(out, w.Secret)
+	if current != "" {
+		out = append(out, current)
 	}
-	if w.Previous != "" && now.Before(w.PreviousExpiresAt) {
-		out = append(out, w.Previous)
+	if previous != "" && now.Before(expires) {
+		out = append(out, previous)
 	}
 	return out
 }
