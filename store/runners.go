@@ -476,25 +476,6 @@ func (s *DB) ReclaimLease(ctx context.Context, l Lease, requeue bool, reason str
 	return b, nil
 }
 
-// LeasedBuilds returns the ids of builds a remote runner holds, so that the
-// embedded queue's start-up recovery leaves them to the lease reaper.
-func (s *DB) LeasedBuilds(ctx context.Context) (map[int64]bool, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT build_id FROM build_leases`)
-	if err != nil {
-		return nil, fmt.Errorf("leased builds: %w", err)
-	}
-	defer rows.Close()
-	out := map[int64]bool{}
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out[id] = true
-	}
-	return out, rows.Err()
-}
-
 // WaitingForLabels counts queued builds that need labels, by their
 // comma-separated label set.
 func (s *DB) WaitingForLabels(ctx context.Context) (map[string]int, error) {
