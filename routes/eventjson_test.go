@@ -53,3 +53,31 @@ func FuzzEnvelopeJSON(f *testing.F) {
 		}
 	})
 }
+
+// The delivery engine stores the event only once when the rules mark a
+// body as the event's JSON; the mark must be right both ways.
+func TestBodyIsEventMarksExactlyTheEventJSON(t *testing.T) {
+	r := mustParse(t, testSinks+`
+  h2: {type: webhook, url: "https://hooks.example.com/y", secret: "${S}", template: '{"n": {{.Build.Number}}}'}
+routes:
+  - name: all
+    to: [h, h2, s]
+`)
+	ev := build{result: builds.Passed}.event()
+	want, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := map[string]bool{}
+	for _, d := range r.Match(ev) {
+		marked[d.Sink] = d.BodyIsEvent
+		if d.BodyIsEvent && !bytes.Equal(d.Body, want) {
+			t.Errorf("%s: marked as the event's JSON, but the body is %s", d.Sink, d.Body)
+		}
+	}
+	for sink, wantMark := range map[string]bool{"h": true, "h2": false, "s": false, "p": true} {
+		if got, ok := marked[sink]; !ok || got != wantMark {
+			t.Errorf("%s: BodyIsEvent %v (delivered: %v), want %v", sink, got, ok, wantMark)
+		}
+	}
+}

@@ -466,7 +466,7 @@ func (r *Rules) implicit(x *evalCtx, out []sinks.Delivery, ex *Explanation) []si
 		u := r.userChannel(ev.Project.OwnerID)
 		d := sinks.Delivery{
 			EventID: ev.ID, Event: *ev, Route: ImplicitRoute, Sink: r.user.name, SinkType: r.user.typ.Name,
-			Target: u.target, Body: body, ContentType: "application/json", Params: u.params,
+			Target: u.target, Body: body, BodyIsEvent: true, ContentType: "application/json", Params: u.params,
 		}
 		rr.Matched = true
 		if ex != nil {
@@ -556,6 +556,8 @@ func (r *Rules) deliver(x *evalCtx, rt *route, t *target, out []sinks.Delivery, 
 			return out
 		}
 		d.Body, res.Note = body, note
+		_, isEvent := t.body.r.(eventJSONRenderer)
+		d.BodyIsEvent = isEvent && note == ""
 	}
 	if t.subject != nil {
 		subj, note, err := r.renderPart(x, rt, t.subject)

@@ -56,6 +56,10 @@ type Delivery struct {
 	Subject string
 	// Body is the rendered message.
 	Body []byte
+	// BodyIsEvent is set by the rules when Body is the event's JSON as
+	// it is (the default body of webhooks and channel messages): the
+	// delivery engine then stores the event once, as the body.
+	BodyIsEvent bool
 	// ContentType describes Body (application/json, text/plain, …).
 	ContentType string
 	// Params holds the effective per-delivery settings of the type

@@ -230,10 +230,11 @@ func (s *DB) WriteSinkBatch(ctx context.Context, b SinkBatch) (SinkBatchResult, 
 // The statements of the delivery engine's writes, prepared once.
 const (
 	insertSinkDelivery = `INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target,
-		route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, payload, created_at, updated_at, finished_at,
+		route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, created_at, updated_at, finished_at,
 		lease_owner, lease_until)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (message_id) DO NOTHING RETURNING id`
+	insertSinkDeliveryPayload = `INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?, ?)`
 	updateSinkDelivery = `UPDATE deliveries SET status = ?, attempts = ?, tries = ?, next_at = ?,
 		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`
 	updateSinkDeliveryState = `UPDATE deliveries SET status = ?, tries = ?, next_at = ?,
@@ -277,13 +278,16 @@ func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []Sink
 			d.LeaseOwner, d.LeaseUntil = lease.Owner, &until
 		}
 		err := p.QueryRow(insertSinkDelivery, d.MessageID, d.EventID, d.EventType, d.Sink, d.SinkType, d.Target,
-			d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError, d.Payload,
+			d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError,
 			ms(now), ms(now), nullMS(d.FinishedAt), d.LeaseOwner, leaseMS(d.LeaseUntil)).Scan(&d.ID)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue // exists already
 		}
 		if err != nil {
 			return nil, err
+		}
+		if _, err := p.Exec(insertSinkDeliveryPayload, d.ID, d.Payload); err != nil {
+			return nil, fmt.Errorf("payload of delivery %d: %w", d.ID, err)
 		}
 		out = append(out, d)
 	}
@@ -322,7 +326,9 @@ func (s *DB) claimSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, claims []Sin
 // SinkDelivery returns one delivery with its payload.
 func (s *DB) SinkDelivery(ctx context.Context, id int64) (SinkDelivery, error) {
 	var payload []byte
-	d, err := scanSinkDelivery(s.db.QueryRowContext(ctx, s.q(`SELECT `+deliveryCols+`, payload FROM deliveries WHERE id = ?`), id), &payload)
+	d, err := scanSinkDelivery(s.db.QueryRowContext(ctx, s.q(`SELECT `+deliveryCols+`,
+		COALESCE((SELECT payload FROM delivery_payloads WHERE delivery_id = deliveries.id), '')
+		FROM deliveries WHERE id = ?`), id), &payload)
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("delivery %d: %w", id, ErrNotFound)
 	}
@@ -336,7 +342,8 @@ func (s *DB) SinkDelivery(ctx context.Context, id int64) (SinkDelivery, error) {
 // SinkDeliveryPayload returns the payload of one delivery.
 func (s *DB) SinkDeliveryPayload(ctx context.Context, id int64) ([]byte, error) {
 	var p []byte
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT payload FROM deliveries WHERE id = ?`), id).Scan(&p)
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT COALESCE(p.payload, '') FROM deliveries d
+		LEFT JOIN delivery_payloads p ON p.delivery_id = d.id WHERE d.id = ?`), id).Scan(&p)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("delivery %d: %w", id, ErrNotFound)
 	}

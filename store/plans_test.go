@@ -46,9 +46,9 @@ func TestGenericPlansUseIndexes(t *testing.T) {
 			'refs/heads/main', CASE WHEN i %% 4 = 0 THEN 'feature' ELSE 'main' END, md5(i::text), i, i, i
 			FROM generate_series(1, %d) i`, p.ID, gpu.ID, rows),
 		`UPDATE projects SET last_number = 100000`,
-		fmt.Sprintf(`INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target, status, next_at, payload, created_at, updated_at)
+		fmt.Sprintf(`INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target, status, next_at, created_at, updated_at)
 			SELECT 'msg_' || i, 'evt_' || i, 'build-state-changed', 'hook', 'webhook', 'https://example.com/',
-			CASE WHEN i > %d THEN 'pending' ELSE 'succeeded' END, CASE WHEN i > %d THEN i END, convert_to('{}', 'UTF8'), i, i
+			CASE WHEN i > %d THEN 'pending' ELSE 'succeeded' END, CASE WHEN i > %d THEN i END, i, i
 			FROM generate_series(1, %d) i`, rows-20, rows-20, rows),
 		`ANALYZE`,
 	} {

@@ -14,7 +14,18 @@ type ptx struct {
 	tx  *sql.Tx
 }
 
-func (s *DB) prepared(tx *sql.Tx, ctx context.Context) ptx { return ptx{s: s, ctx: ctx, tx: tx} }
+//
+// On SQLite the statements run without ctx's cancellation: the driver
+// starts a goroutine per statement to watch a context that can end, and a
+// statement inside a transaction never waits (the transaction began
+// IMMEDIATE, holding the write lock), so there is nothing to cut short. A
+// transaction whose context ends is still rolled back by database/sql.
+func (s *DB) prepared(tx *sql.Tx, ctx context.Context) ptx {
+	if !s.postgres {
+		ctx = context.WithoutCancel(ctx)
+	}
+	return ptx{s: s, ctx: ctx, tx: tx}
+}
 
 // stmt returns the cached prepared statement of query, or nil while it is
 // not prepared yet (the caller then runs the query plain). Preparing takes

@@ -226,6 +226,12 @@ func busRound(o options, recv *receiver, round int) (bareRate, rate float64, siz
 		return 0, 0, nil, err
 	}
 	done := recv.expect(o.n)
+	stopProfile, err := profile(o)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	defer stopProfile()
+	cpu0 := cpuTime()
 	start := time.Now()
 	pubErr := make(chan error, 1)
 	var published time.Duration
@@ -261,10 +267,12 @@ func busRound(o options, recv *receiver, round int) (bareRate, rate float64, siz
 		return 0, 0, nil, err
 	}
 	logged := time.Since(start)
+	cpu := cpuTime() - cpu0
+	stopProfile()
 	rate = float64(o.n) / logged.Seconds()
 	sizes = p.batchSizes()
-	fmt.Printf("round %d  bus → engine (durable): %6d webhooks in %7.3fs = %8.0f /s  (published at %.3fs, received at %.3fs, attempts logged at %.3fs; %d batches, %s)\n",
-		round+1, o.n, logged.Seconds(), rate, published.Seconds(), received.Seconds(), logged.Seconds(), len(sizes), describeSizes(sizes))
+	fmt.Printf("round %d  bus → engine (durable): %6d webhooks in %7.3fs = %8.0f /s  (%s CPU per webhook, %.2f cores; published at %.3fs, received at %.3fs, attempts logged at %.3fs; %d batches, %s)\n",
+		round+1, o.n, logged.Seconds(), rate, perItem(cpu, o.n), cpu.Seconds()/logged.Seconds(), published.Seconds(), received.Seconds(), logged.Seconds(), len(sizes), describeSizes(sizes))
 	fmt.Printf("round %d  bus → engine / bare loop: %.0f%%\n", round+1, 100*rate/bareRate)
 	if b := recv.bad.Load(); b > 0 {
 		return 0, 0, nil, fmt.Errorf("%d requests with a bad signature", b)

@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
@@ -87,7 +88,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "throughput rounds (bare loop, then engine, each round): the ratio of each round and the median")
 	flag.DurationVar(&o.groupCommit, "group-commit", 0, "engine GroupCommitWait (0: the engine's default, negative: off)")
 	flag.DurationVar(&o.recordDelay, "record-delay", 0, "engine RecordDelay (0: the engine's default)")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the engine's runs to this file")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each durable run (not the bare loop) of the throughput and bus phases: FILE for the first, FILE.2, FILE.3, … for the next")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "delivery bench:", err)
@@ -105,15 +106,6 @@ func run(o options) error {
 		return err
 	}
 	defer recv.close()
-	if o.cpuProfile != "" {
-		f, err := os.Create(o.cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
-	}
 	for _, ph := range []struct {
 		name string
 		fn   func(options, *receiver) error
@@ -288,6 +280,12 @@ func throughputRound(o options, recv *receiver, round int) (bareRate, rate float
 	done := recv.expect(o.n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	stopProfile, err := profile(o)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer stopProfile()
+	cpu0 := cpuTime()
 	start := time.Now()
 	errc := make(chan error, o.producers)
 	for range o.producers {
@@ -303,7 +301,7 @@ func throughputRound(o options, recv *receiver, round int) (bareRate, rate float
 				ds = ds[:0]
 				for i := first; i < min(first+o.batch, o.n); i++ {
 					ds = append(ds, sinks.Delivery{EventID: evs[i].ID, Event: evs[i], Route: "bench", Sink: "hook", SinkType: "webhook",
-						Target: recv.url, Body: bodies[i], ContentType: "application/json"})
+						Target: recv.url, Body: bodies[i], BodyIsEvent: true, ContentType: "application/json"})
 				}
 				if err := eng.Enqueue(context.Background(), ds); err != nil {
 					errc <- err
@@ -329,9 +327,11 @@ func throughputRound(o options, recv *receiver, round int) (bareRate, rate float
 		return 0, 0, err
 	}
 	logged := time.Since(start)
+	cpu := cpuTime() - cpu0
+	stopProfile()
 	rate = float64(o.n) / logged.Seconds()
-	fmt.Printf("round %d  engine (durable):     %6d webhooks in %7.3fs = %8.0f /s  (all persisted at %.3fs, received at %.3fs, attempts logged at %.3fs)\n",
-		round+1, o.n, logged.Seconds(), rate, persisted.Seconds(), received.Seconds(), logged.Seconds())
+	fmt.Printf("round %d  engine (durable):     %6d webhooks in %7.3fs = %8.0f /s  (%s CPU per webhook, %.2f cores; all persisted at %.3fs, received at %.3fs, attempts logged at %.3fs)\n",
+		round+1, o.n, logged.Seconds(), rate, perItem(cpu, o.n), cpu.Seconds()/logged.Seconds(), persisted.Seconds(), received.Seconds(), logged.Seconds())
 	fmt.Printf("round %d  engine / bare loop:   %.0f%%\n", round+1, 100*rate/bareRate)
 	if b := recv.bad.Load(); b > 0 {
 		return 0, 0, fmt.Errorf("%d requests with a bad signature", b)
@@ -349,6 +349,7 @@ func bareLoop(o options, recv *receiver, evs []event.Envelope, bodies [][]byte, 
 	var next atomic.Int64
 	var failed atomic.Int64
 	start := time.Now()
+	cpu0 := cpuTime()
 	var wg sync.WaitGroup
 	for range o.concurrency {
 		wg.Add(1)
@@ -384,12 +385,14 @@ func bareLoop(o options, recv *receiver, evs []event.Envelope, bodies [][]byte, 
 		return 0, fmt.Errorf("bare loop: %d of %d received within %s", len(recv.arrivals()), len(evs), o.timeout)
 	}
 	bare := time.Since(start)
+	cpu := cpuTime() - cpu0
 	tr.CloseIdleConnections()
 	if failed.Load() > 0 {
 		return 0, fmt.Errorf("bare loop: %d requests failed", failed.Load())
 	}
 	rate := float64(len(evs)) / bare.Seconds()
-	fmt.Printf("round %d  bare net/http loop:   %6d webhooks in %7.3fs = %8.0f /s\n", round+1, len(evs), bare.Seconds(), rate)
+	fmt.Printf("round %d  bare net/http loop:   %6d webhooks in %7.3fs = %8.0f /s  (%s CPU per webhook, %.2f cores)\n",
+		round+1, len(evs), bare.Seconds(), rate, perItem(cpu, len(evs)), cpu.Seconds()/bare.Seconds())
 	return rate, nil
 }
 
@@ -530,4 +533,41 @@ func openStore(o options) (*store.DB, func(), error) {
 		return nil, nil, err
 	}
 	return s, func() { s.Close(); os.RemoveAll(dir) }, nil
+}
+
+// cpuTime is the CPU time (user and system) the process has used: the
+// rounds report it per webhook, so that a rate can be told apart from the
+// machine's share the run got.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func perItem(d time.Duration, n int) time.Duration {
+	return (d / time.Duration(max(n, 1))).Round(time.Microsecond)
+}
+
+var profiles int
+
+// profile starts a CPU profile of one durable run, if -cpuprofile asked
+// for it, and returns what stops it.
+func profile(o options) (stop func(), err error) {
+	if o.cpuProfile == "" {
+		return func() {}, nil
+	}
+	profiles++
+	name := o.cpuProfile
+	if profiles > 1 {
+		name += "." + strconv.Itoa(profiles)
+	}
+	f, err := os.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

@@ -280,16 +280,17 @@ func seedRows(ctx context.Context, c *sql.Conn, have, n int) error {
 		 SELECT id, 1 + id % 100, md5(id::text), ` + strconv.FormatInt(epochMS, 10) + ` + id * 1000::bigint + 30000
 		 FROM builds WHERE state = 'STARTED' AND node IS NULL`,
 		`INSERT INTO deliveries (id, message_id, event_id, event_type, sink, sink_type, target, route, owner_id, build_id, seq,
-		   status, attempts, tries, next_at, last_code, payload, created_at, updated_at, finished_at)
+		   status, attempts, tries, next_at, last_code, created_at, updated_at, finished_at)
 		 SELECT i, 'msg_' || i, 'evt_' || i, 'build-state-changed',
 		   (ARRAY['hook', 'slack', 'mail'])[1 + i % 3], (ARRAY['webhook', 'slack', 'email'])[1 + i % 3],
 		   'https://hooks.example.com/' || (i % 50), 'route' || (i % 7), 1 + i % ` + strconv.Itoa(seedUsers) + `, i, i,
 		   CASE WHEN i % 50 = 9 THEN 'failed' ELSE 'succeeded' END, 1, 1, NULL,
 		   CASE WHEN i % 50 = 9 THEN 500 ELSE 200 END,
-		   convert_to(repeat('p', 400), 'UTF8'),
 		   ` + strconv.FormatInt(epochMS, 10) + ` + i * 1000::bigint, ` + strconv.FormatInt(epochMS, 10) + ` + i * 1000::bigint + 300,
 		   ` + strconv.FormatInt(epochMS, 10) + ` + i * 1000::bigint + 300
 		 FROM generate_series(` + from + `, ` + to + `) i`,
+		`INSERT INTO delivery_payloads (delivery_id, payload)
+		 SELECT i, convert_to(repeat('p', 400), 'UTF8') FROM generate_series(` + from + `, ` + to + `) i`,
 		`INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_us, status_code, outcome, resp_headers, resp_body)
 		 SELECT i, 1, ` + strconv.FormatInt(epochMS, 10) + ` + i * 1000::bigint, 12000, CASE WHEN i % 50 = 9 THEN 500 ELSE 200 END,
 		   CASE WHEN i % 50 = 9 THEN 'failed' ELSE 'success' END, '{"Content-Type":["text/plain"]}', convert_to('ok', 'UTF8')

@@ -27,9 +27,10 @@ type payloadHeader struct {
 
 // encodePayload writes the header as one line of JSON (which never holds
 // a raw newline), then the body as it is: no base64 to store and decode.
+// The event is left out when the rules say the body is its JSON.
 func encodePayload(d *sinks.Delivery) ([]byte, error) {
 	h := payloadHeader{Event: &d.Event, Route: d.Route, Subject: d.Subject, ContentType: d.ContentType, Params: d.Params}
-	if ev, err := json.Marshal(d.Event); err == nil && bytes.Equal(ev, d.Body) {
+	if d.BodyIsEvent {
 		h.Event, h.EventInBody = nil, true
 	}
 	hdr, err := json.Marshal(h)
