@@ -235,7 +235,7 @@ const (
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (message_id) DO NOTHING RETURNING id`
 	insertSinkDeliveryPayload = `INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?, ?)`
-	updateSinkDelivery = `UPDATE deliveries SET status = ?, attempts = ?, tries = ?, next_at = ?,
+	updateSinkDelivery        = `UPDATE deliveries SET status = ?, attempts = ?, tries = ?, next_at = ?,
 		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`
 	updateSinkDeliveryState = `UPDATE deliveries SET status = ?, tries = ?, next_at = ?,
 		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`

@@ -14,7 +14,6 @@ type ptx struct {
 	tx  *sql.Tx
 }
 
-//
 // On SQLite the statements run without ctx's cancellation: the driver
 // starts a goroutine per statement to watch a context that can end, and a
 // statement inside a transaction never waits (the transaction began
