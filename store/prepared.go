@@ -14,11 +14,12 @@ type ptx struct {
 	tx  *sql.Tx
 }
 
-// On SQLite the statements run without ctx's cancellation: the driver
-// starts a goroutine per statement to watch a context that can end, and a
-// statement inside a transaction never waits (the transaction began
-// IMMEDIATE, holding the write lock), so there is nothing to cut short. A
-// transaction whose context ends is still rolled back by database/sql.
+// prepared returns the statements of tx. On SQLite they run without
+// ctx's cancellation: the driver starts a goroutine per statement to
+// watch a context that can end, and a statement inside a transaction
+// never waits (the transaction began IMMEDIATE, holding the write lock),
+// so there is nothing to cut short. A transaction whose context ends is
+// still rolled back by database/sql.
 func (s *DB) prepared(tx *sql.Tx, ctx context.Context) ptx {
 	if !s.postgres {
 		ctx = context.WithoutCancel(ctx)
