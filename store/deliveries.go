@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -8,7 +9,9 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -229,13 +232,14 @@ func (s *DB) WriteSinkBatch(ctx context.Context, b SinkBatch) (SinkBatchResult, 
 
 // The statements of the delivery engine's writes, prepared once.
 const (
-	insertSinkDelivery = `INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target,
+	insertSinkDeliveryCols = `INSERT INTO deliveries (message_id, event_id, event_type, sink, sink_type, target,
 		route, owner_id, build_id, seq, status, attempts, tries, next_at, last_error, created_at, updated_at, finished_at,
-		lease_owner, lease_until)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (message_id) DO NOTHING RETURNING id`
-	insertSinkDeliveryPayload = `INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?, ?)`
-	updateSinkDelivery        = `UPDATE deliveries SET status = ?, attempts = ?, tries = ?, next_at = ?,
+		lease_owner, lease_until) VALUES `
+	insertSinkDeliveryRow      = `(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?)`
+	insertSinkDeliveryReturn   = ` ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id`
+	insertSinkDeliveryPayloads = `INSERT INTO delivery_payloads (delivery_id, payload) VALUES `
+	insertSinkDeliveryPayload  = `(?, ?)`
+	updateSinkDelivery         = `UPDATE deliveries SET status = ?, attempts = ?, tries = ?, next_at = ?,
 		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`
 	updateSinkDeliveryState = `UPDATE deliveries SET status = ?, tries = ?, next_at = ?,
 		last_code = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE id = ?`
@@ -246,19 +250,68 @@ const (
 	updateLeasedSinkDeliveryState = `UPDATE deliveries SET status = ?, tries = ?, next_at = ?,
 		last_code = ?, last_error = ?, updated_at = ?, finished_at = ?, lease_owner = '', lease_until = 0
 		WHERE id = ? AND lease_owner = ?`
-	insertSinkAttempt = `INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_us,
-		status_code, outcome, error, resp_headers, resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	insertSinkAttempts = `INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_us,
+		status_code, outcome, error, resp_headers, resp_body) VALUES `
+	insertSinkAttempt = `(?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	claimSinkDelivery = `UPDATE deliveries SET lease_owner = ?, lease_until = ?
 		WHERE id = ? AND ` + pendingCond + ` AND attempts = ? AND (lease_owner = ? OR lease_until < ?)
 		RETURNING ` + deliveryCols
 )
+
+// multiRows caches the texts of multiRow: [3]string{head, row, tail} →
+// map[int]string by row count, replaced whole on a new count.
+var multiRows sync.Map
+
+// rowChunks are the row counts of the multi-row statements: a batch is
+// written in chunks of these sizes, largest first, so that at most three
+// statements per head are ever prepared.
+var rowChunks = [...]int{32, 8, 1}
+
+// multiRow is the statement head + n × row + tail: one statement writes n
+// rows, which costs far less than n statements through database/sql and
+// the driver.
+func multiRow(head, row, tail string, n int) string {
+	key := [3]string{head, row, tail}
+	v, _ := multiRows.Load(key)
+	byN, _ := v.(map[int]string)
+	if q, ok := byN[n]; ok {
+		return q
+	}
+	var b strings.Builder
+	b.WriteString(head)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+	}
+	b.WriteString(tail)
+	q := b.String()
+	next := make(map[int]string, len(byN)+1)
+	for k, v := range byN {
+		next[k] = v
+	}
+	next[n] = q
+	multiRows.Store(key, next)
+	return q
+}
+
+// chunk returns the size of the next chunk of a batch with n rows left.
+func chunk(n int) int {
+	for _, c := range rowChunks {
+		if n >= c {
+			return c
+		}
+	}
+	return n
+}
 
 func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []SinkDelivery, lease SinkLease, now time.Time) ([]SinkDelivery, error) {
 	if len(list) == 0 {
 		return nil, nil
 	}
 	p := s.prepared(tx, ctx)
-	out := make([]SinkDelivery, 0, len(list))
+	rows := make([]SinkDelivery, 0, len(list))
 	for _, d := range list {
 		if d.MessageID == "" {
 			return nil, fmt.Errorf("delivery of event %s to %s without a message id", d.EventID, d.Sink)
@@ -277,19 +330,69 @@ func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []Sink
 			until := lease.Until
 			d.LeaseOwner, d.LeaseUntil = lease.Owner, &until
 		}
-		err := p.QueryRow(insertSinkDelivery, d.MessageID, d.EventID, d.EventType, d.Sink, d.SinkType, d.Target,
-			d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError,
-			ms(now), ms(now), nullMS(d.FinishedAt), d.LeaseOwner, leaseMS(d.LeaseUntil)).Scan(&d.ID)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue // exists already
+		rows = append(rows, d)
+	}
+	// The rows are inserted in chunks; those whose message id exists
+	// already (a redelivered event) are skipped by the database, and
+	// RETURNING names the others, in no promised order.
+	out := make([]SinkDelivery, 0, len(rows))
+	byMsg := make(map[string]int, len(rows))
+	args := make([]any, 0, 20*rowChunks[0])
+	for len(rows) > 0 {
+		n := chunk(len(rows))
+		part := rows[:n]
+		rows = rows[n:]
+		args = args[:0]
+		clear(byMsg)
+		for i := range part {
+			d := &part[i]
+			if _, dup := byMsg[d.MessageID]; !dup {
+				byMsg[d.MessageID] = i
+			}
+			args = append(args, d.MessageID, d.EventID, d.EventType, d.Sink, d.SinkType, d.Target,
+				d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError,
+				ms(now), ms(now), nullMS(d.FinishedAt), d.LeaseOwner, leaseMS(d.LeaseUntil))
 		}
+		res, err := p.Query(multiRow(insertSinkDeliveryCols, insertSinkDeliveryRow, insertSinkDeliveryReturn, n), args...)
 		if err != nil {
 			return nil, err
 		}
-		if _, err := p.Exec(insertSinkDeliveryPayload, d.ID, d.Payload); err != nil {
-			return nil, fmt.Errorf("payload of delivery %d: %w", d.ID, err)
+		first := len(out)
+		for res.Next() {
+			var id int64
+			var msg string
+			if err := res.Scan(&id, &msg); err != nil {
+				res.Close()
+				return nil, err
+			}
+			i, ok := byMsg[msg]
+			if !ok {
+				res.Close()
+				return nil, fmt.Errorf("insert returned message id %q, which is not in the batch", msg)
+			}
+			d := part[i]
+			d.ID = id
+			out = append(out, d)
 		}
-		out = append(out, d)
+		if err := res.Close(); err != nil {
+			return nil, err
+		}
+		if err := res.Err(); err != nil {
+			return nil, err
+		}
+		created := out[first:]
+		slices.SortFunc(created, func(a, b SinkDelivery) int { return cmp.Compare(a.ID, b.ID) })
+		for len(created) > 0 {
+			m := chunk(len(created))
+			args = args[:0]
+			for _, d := range created[:m] {
+				args = append(args, d.ID, d.Payload)
+			}
+			if _, err := p.Exec(multiRow(insertSinkDeliveryPayloads, insertSinkDeliveryPayload, "", m), args...); err != nil {
+				return nil, fmt.Errorf("payloads of deliveries %d…: %w", created[0].ID, err)
+			}
+			created = created[m:]
+		}
 	}
 	return out, nil
 }
@@ -445,6 +548,7 @@ func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAt
 	}
 	p := s.prepared(tx, ctx)
 	var refused []int64
+	var logged []SinkAttempt
 	for _, r := range recs {
 		a := r.Attempt
 		var fin *time.Time
@@ -479,21 +583,30 @@ func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAt
 			}
 			continue // taken over, or deleted meanwhile
 		}
-		if a.Outcome == "" {
-			continue
+		if a.Outcome != "" {
+			logged = append(logged, a)
 		}
-		hdr := ""
-		if len(a.Header) > 0 {
-			b, err := json.Marshal(a.Header)
-			if err != nil {
-				return nil, err
+	}
+	args := make([]any, 0, 9*min(len(logged), rowChunks[0]))
+	for len(logged) > 0 {
+		n := chunk(len(logged))
+		args = args[:0]
+		for _, a := range logged[:n] {
+			hdr := ""
+			if len(a.Header) > 0 {
+				b, err := json.Marshal(a.Header)
+				if err != nil {
+					return nil, err
+				}
+				hdr = string(b)
 			}
-			hdr = string(b)
+			args = append(args, a.DeliveryID, a.Number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
+				a.Outcome, a.Error, hdr, a.Body)
 		}
-		if _, err := p.Exec(insertSinkAttempt, a.DeliveryID, a.Number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
-			a.Outcome, a.Error, hdr, a.Body); err != nil {
+		if _, err := p.Exec(multiRow(insertSinkAttempts, insertSinkAttempt, "", n), args...); err != nil {
 			return nil, err
 		}
+		logged = logged[n:]
 	}
 	return refused, nil
 }

@@ -423,3 +423,38 @@ func TestDeliveryLeasesConcurrentClaims(t *testing.T) {
 		t.Logf("node 0 got %d, node 1 got %d", counts[0], counts[1])
 	})
 }
+
+// Batches are written in multi-row chunks (32, 8, 1): every row must get
+// its own id and its own payload back, whatever the chunking, and a
+// message id twice in one batch is created once.
+func TestDeliveriesCreateInChunks(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		for _, n := range []int{1, 7, 8, 33, 45, 100} {
+			var list []SinkDelivery
+			for i := range n {
+				d := newSinkDelivery(fmt.Sprintf("chunk%d-%d", n, i), "hook", "https://a", 1, now)
+				d.Payload = []byte(fmt.Sprintf(`{"n":%d,"i":%d}`, n, i))
+				list = append(list, d)
+			}
+			list = append(list, list[n/2]) // the same message twice in one batch
+			got, err := s.CreateSinkDeliveries(ctx, list)
+			if err != nil || len(got) != n {
+				t.Fatalf("%d rows: created %d, %v", n, len(got), err)
+			}
+			ids := map[int64]bool{}
+			for _, d := range got {
+				if d.ID == 0 || ids[d.ID] {
+					t.Fatalf("%d rows: id %d missing or twice", n, d.ID)
+				}
+				ids[d.ID] = true
+				stored, err := s.SinkDelivery(ctx, d.ID)
+				if err != nil || stored.MessageID != d.MessageID || string(stored.Payload) != string(d.Payload) {
+					t.Fatalf("%d rows: delivery %d stored as %q with %q, created as %q with %q (%v)",
+						n, d.ID, stored.MessageID, stored.Payload, d.MessageID, d.Payload, err)
+				}
+			}
+		}
+	})
+}

@@ -62,3 +62,10 @@ func (p ptx) Exec(query string, args ...any) (sql.Result, error) {
 	}
 	return p.tx.ExecContext(p.ctx, p.s.q(query), args...)
 }
+
+func (p ptx) Query(query string, args ...any) (*sql.Rows, error) {
+	if st := p.s.stmt(query); st != nil {
+		return p.tx.StmtContext(p.ctx, st).QueryContext(p.ctx, args...)
+	}
+	return p.tx.QueryContext(p.ctx, p.s.q(query), args...)
+}
