@@ -39,6 +39,9 @@ type busPath struct {
 	rules  *routes.Rules
 	closes []func()
 
+	// gate, when set, holds the consumer until it is closed.
+	gate chan struct{}
+
 	mu    sync.Mutex
 	sizes []int // events per batch handed to the consumer
 }
@@ -58,7 +61,9 @@ routes:
 `), routes.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 }
 
-func openBusPath(o options, recv *receiver) (*busPath, error) {
+// openBusPath opens the path; before, if not nil, runs once the bus is
+// open, before the bridge starts.
+func openBusPath(o options, recv *receiver, before func(*busPath) error) (*busPath, error) {
 	p := &busPath{}
 	ok := false
 	defer func() {
@@ -91,6 +96,11 @@ func openBusPath(o options, recv *receiver) (*busPath, error) {
 		return nil, err
 	}
 	p.closes = append(p.closes, func() { p.bus.Close() })
+	if before != nil {
+		if err := before(p); err != nil {
+			return nil, err
+		}
+	}
 	if p.br, err = bridge.New(bridge.Config{Subscriber: p.bus.Subscriber, Publisher: p.bus.Publisher(),
 		Logger: quiet, MaxBatch: o.maxBatch}); err != nil {
 		return nil, err
@@ -121,6 +131,13 @@ func openBusPath(o options, recv *receiver) (*busPath, error) {
 // consume is the hub's deliveries consumer (cmd/buildbridge): the
 // deliveries of every event of the batch in one Enqueue.
 func (p *busPath) consume(ctx context.Context, evs []event.Envelope) error {
+	if p.gate != nil {
+		select {
+		case <-p.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	p.mu.Lock()
 	p.sizes = append(p.sizes, len(evs))
 	p.mu.Unlock()
@@ -217,7 +234,38 @@ func busRound(o options, recv *receiver, round int) (bareRate, rate float64, siz
 		return 0, 0, nil, err
 	}
 
-	p, err := openBusPath(o, recv)
+	publishAll := func(p *busPath) error {
+		for i := 0; i < len(evs); i += o.publishBatch {
+			if err := p.publish(evs[i:min(i+o.publishBatch, len(evs))]); err != nil {
+				return fmt.Errorf("publish: %w", err)
+			}
+		}
+		return nil
+	}
+	// With -prepublish the events are in the stream before the clock
+	// starts (the consumer held back meanwhile), as the bare loop's are
+	// made before its clock starts: the clock then measures the consumer
+	// and the engine, not the publisher, which is the relay's work.
+	var done <-chan struct{}
+	var stopProfile func()
+	var cpu0 time.Duration
+	var start time.Time
+	begin := func() error {
+		done = recv.expect(o.n)
+		var err error
+		if stopProfile, err = profile(o); err != nil {
+			return err
+		}
+		cpu0 = cpuTime()
+		start = time.Now()
+		return nil
+	}
+	var before func(*busPath) error
+	gate := make(chan struct{})
+	if o.prepublish {
+		before = func(p *busPath) error { p.gate = gate; return nil }
+	}
+	p, err := openBusPath(o, recv, before)
 	if err != nil {
 		return 0, 0, nil, err
 	}
@@ -225,20 +273,22 @@ func busRound(o options, recv *receiver, round int) (bareRate, rate float64, siz
 	if err := p.sameBodies(evs[0], bodies[0]); err != nil {
 		return 0, 0, nil, err
 	}
-	done := recv.expect(o.n)
-	stopProfile, err := profile(o)
-	if err != nil {
+	if o.prepublish {
+		if err := publishAll(p); err != nil {
+			return 0, 0, nil, err
+		}
+	}
+	if err := begin(); err != nil {
 		return 0, 0, nil, err
 	}
+	close(gate)
 	defer stopProfile()
-	cpu0 := cpuTime()
-	start := time.Now()
 	pubErr := make(chan error, 1)
 	var published time.Duration
 	go func() {
 		defer close(pubErr)
-		for i := 0; i < len(evs); i += o.publishBatch {
-			if err := p.publish(evs[i:min(i+o.publishBatch, len(evs))]); err != nil {
+		if !o.prepublish {
+			if err := publishAll(p); err != nil {
 				pubErr <- err
 				return
 			}
@@ -333,7 +383,7 @@ func describeSizes(sizes []int) string {
 // relay does when transitions come one at a time, and reports the delay
 // from the publish to the receiver's handler.
 func busLatency(o options, recv *receiver) error {
-	p, err := openBusPath(o, recv)
+	p, err := openBusPath(o, recv, nil)
 	if err != nil {
 		return err
 	}

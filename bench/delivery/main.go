@@ -66,6 +66,7 @@ type options struct {
 	maxBatch     int
 	maxAckPend   int
 	publishBatch int
+	prepublish   bool
 	groupCommit  time.Duration
 	recordDelay  time.Duration
 	cpuProfile   string
@@ -84,6 +85,7 @@ func main() {
 	flag.StringVar(&o.phases, "phases", "throughput,latency,bus,bus-latency", "phases to run: throughput and latency hand deliveries to the engine directly; bus and bus-latency feed it through an embedded bus and the bridge's batch consumer, as the hub does")
 	flag.IntVar(&o.maxBatch, "max-batch", 0, "bridge MaxBatch: most events per batch handed to the deliveries consumer (0: the bridge's default)")
 	flag.IntVar(&o.maxAckPend, "max-ack-pending", 0, "bus MaxAckPending: messages delivered to the consumer and not yet acknowledged (0: the bus's default)")
+	flag.BoolVar(&o.prepublish, "prepublish", false, "bus phase: publish every event before the clock starts (the consumer and the engine timed alone, as the bare loop's events are made before its clock)")
 	flag.IntVar(&o.publishBatch, "publish-batch", 256, "events per Publish call in the bus phase (the relay publishes up to 256 outbox rows at once)")
 	flag.IntVar(&o.rounds, "rounds", 3, "throughput rounds (bare loop, then engine, each round): the ratio of each round and the median")
 	flag.DurationVar(&o.groupCommit, "group-commit", 0, "engine GroupCommitWait (0: the engine's default, negative: off)")
