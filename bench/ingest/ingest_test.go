@@ -20,7 +20,7 @@ func BenchmarkSignedGitHubPush(b *testing.B) {
 	defer r.store.Close()
 	reqs := make([]*http.Request, b.N)
 	for i := range reqs {
-		reqs[i] = r.delivery(i + 1).Request("http://hub/hooks/github/app")
+		reqs[i] = delivery(r.secret, i+1).Request("http://hub/hooks/github/app")
 	}
 	var next atomic.Int64
 	b.ReportAllocs()

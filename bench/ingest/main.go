@@ -30,6 +30,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -56,7 +57,16 @@ func main() {
 	maxTime := flag.Duration("max", 2*time.Minute, "stop sending after this long")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	checkpointDelay := flag.Duration("checkpoint-delay", 0, "store.Config.CheckpointDelay: background WAL checkpoints this long after a commit (0: the store's default; negative: SQLite's own, inside the commit that crosses its threshold)")
+	hubProcess := flag.Bool("hub-process", false, "run the hub (store, handler, HTTP server) in a child process of its own, so that the load generator's goroutines, heap and CPU are not the hub's")
+	role := flag.String("role", "", "internal: \"hub\" runs only the hub, for -hub-process")
 	flag.Parse()
+	if *role == "hub" {
+		if err := serveHub(*dir, *checkpointDelay); err != nil {
+			fmt.Fprintln(os.Stderr, "ingest hub:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -69,7 +79,7 @@ func main() {
 	if *rate > 0 && *conc < 64 {
 		*conc = 64
 	}
-	if err := run(*n, *conc, *rate, *replays, *dir, *maxTime, *checkpointDelay); err != nil {
+	if err := run(*n, *conc, *rate, *replays, *dir, *maxTime, *checkpointDelay, *hubProcess); err != nil {
 		fmt.Fprintln(os.Stderr, "ingest:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
@@ -131,16 +141,17 @@ func sha(i int) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// delivery is the i-th signed push: its own delivery id and commit.
-func (r *rig) delivery(i int) forgetest.Delivery {
+// delivery is the i-th push signed with secret: its own delivery id and
+// commit.
+func delivery(secret string, i int) forgetest.Delivery {
 	return forgetest.GitHubPush(forgetest.Push{
 		Ref: "refs/heads/main", Before: sha(i - 1), After: sha(i),
 		Message: "Fix the flaky test #" + strconv.Itoa(i) + "\n\nThe retry loop now waits for the server.",
 		Author:  "Ann Author", Email: "ann@example.com", Pusher: "ann",
-	}, fmt.Sprintf("72d3162e-cc78-11e3-81ab-%012d", i), r.secret)
+	}, fmt.Sprintf("72d3162e-cc78-11e3-81ab-%012d", i), secret)
 }
 
-func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpointDelay time.Duration) error {
+func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpointDelay time.Duration, hubProcess bool) error {
 	ctx := context.Background()
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "bench-ingest")
@@ -150,35 +161,32 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 		defer os.RemoveAll(tmp)
 		dir = tmp
 	}
-	r, err := newRig(ctx, dir, checkpointDelay)
+	var h hub
+	var err error
+	if hubProcess {
+		h, err = startHubProcess(dir, checkpointDelay)
+	} else {
+		h, err = startHubHere(ctx, dir, checkpointDelay)
+	}
 	if err != nil {
 		return err
 	}
-	defer r.store.Close()
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		r.handler.Serve(w, req, "github", "app")
-	})}
-	go srv.Serve(ln)
-	defer srv.Close()
-	url := "http://" + ln.Addr().String() + "/hooks/github/app"
+	defer h.close()
+	url := "http://" + h.addr() + "/hooks/github/app"
 
 	// Payloads are made and signed up front: the clock measures the hub.
 	reqs := make([]forgetest.Delivery, n+replays)
 	for i := range n {
-		reqs[i] = r.delivery(i + 1)
+		reqs[i] = delivery(h.secret(), i+1)
 	}
 	for i := range replays {
 		reqs[n+i] = reqs[i*n/max(replays, 1)]
 	}
 	// The requests are written out in HTTP/1.1 once, and each sender
 	// writes them on its own keep-alive connection and reads the answer
-	// with http.ReadResponse: the load generator shares the process (and
-	// the two cores) with the hub, so it should cost as little as it can.
+	// with http.ReadResponse: the load generator shares the two cores
+	// (and, without -hub-process, the process) with the hub, so it should
+	// cost as little as it can.
 	wire := make([][]byte, len(reqs))
 	for i, d := range reqs {
 		var b bytes.Buffer
@@ -206,9 +214,9 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 			fail(err)
 		}
 	}
-	addr := ln.Addr().String()
+	addr := h.addr()
 	deadline := time.Now().Add(maxTime)
-	cpu0 := cpuTime()
+	cpu0, hubCPU0 := cpuTime(), h.cpu()
 	start := time.Now()
 	var wg sync.WaitGroup
 	var sent int
@@ -274,7 +282,7 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu, hubCPU := cpuTime()-cpu0, h.cpu()-hubCPU0
 	if firstErr != nil {
 		return fmt.Errorf("%d of %d requests failed; first: %w", failed.Load(), sent, firstErr)
 	}
@@ -282,14 +290,11 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 	slices.Sort(done)
 	pct := func(p float64) time.Duration { return done[min(len(done)-1, int(p*float64(len(done))))] }
 
-	var built int
-	if err := r.store.SQL().QueryRowContext(ctx, `SELECT COUNT(*) FROM builds`).Scan(&built); err != nil {
+	st, err := h.stats(ctx)
+	if err != nil {
 		return err
 	}
-	var outbox int
-	if err := r.store.SQL().QueryRowContext(ctx, `SELECT COUNT(*) FROM outbox`).Scan(&outbox); err != nil {
-		return err
-	}
+	built, outbox := st.Builds, st.Outbox
 	wantBuilt := min(sent, n)
 	mode := fmt.Sprintf("closed loop, %d senders", conc)
 	if rate > 0 {
@@ -299,14 +304,22 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 	fmt.Printf("throughput: %.0f pushes/s\n", float64(sent)/elapsed.Seconds())
 	fmt.Printf("latency:    p50 %s  p90 %s  p99 %s  max %s\n", pct(.50).Round(time.Microsecond), pct(.90).Round(time.Microsecond),
 		pct(.99).Round(time.Microsecond), done[len(done)-1].Round(time.Microsecond))
-	fmt.Printf("cpu:        %s per push (hub and load generator in one process; %.1f cores busy on average)\n",
-		(cpu / time.Duration(sent)).Round(time.Microsecond), cpu.Seconds()/elapsed.Seconds())
-	if n, sum, ok := histogram(r.reg, "buildbridge_source_commit_pushes"); ok {
-		_, secs, _ := histogram(r.reg, "buildbridge_source_commit_seconds")
-		fmt.Printf("commits:    %d transactions, %.1f pushes each on average, %s each on average\n",
-			n, sum/float64(n), time.Duration(secs/float64(n)*float64(time.Second)).Round(time.Microsecond))
+	if hubProcess {
+		fmt.Printf("cpu:        hub %s per push (%.2f cores), load generator %s per push (%.2f cores)\n",
+			(hubCPU / time.Duration(sent)).Round(time.Microsecond), hubCPU.Seconds()/elapsed.Seconds(),
+			(cpu / time.Duration(sent)).Round(time.Microsecond), cpu.Seconds()/elapsed.Seconds())
+	} else {
+		fmt.Printf("cpu:        %s per push (hub and load generator in one process; %.1f cores busy on average)\n",
+			(cpu / time.Duration(sent)).Round(time.Microsecond), cpu.Seconds()/elapsed.Seconds())
 	}
-	fmt.Printf("committed:  %d builds, %d outbox rows, %d queue wake-ups (want %d builds)\n", built, outbox, r.wakes.n.Load(), wantBuilt)
+	if st.Commits > 0 {
+		fmt.Printf("commits:    %d transactions, %.1f pushes each on average, %s each on average\n",
+			st.Commits, st.CommitPushes/float64(st.Commits), time.Duration(st.CommitSeconds/float64(st.Commits)*float64(time.Second)).Round(time.Microsecond))
+	}
+	if st.SchedP50 > 0 {
+		fmt.Printf("scheduler:  the hub's goroutines waited for a core: p50 %s  p99 %s  p99.9 %s (runtime/metrics, whole run)\n", st.SchedP50, st.SchedP99, st.SchedP999)
+	}
+	fmt.Printf("committed:  %d builds, %d outbox rows, %d queue wake-ups (want %d builds)\n", built, outbox, st.Wakes, wantBuilt)
 	if built != wantBuilt || outbox != wantBuilt {
 		return errors.New("builds committed do not match the pushes sent: lost or duplicated")
 	}
@@ -361,4 +374,35 @@ func (c *conn) do(raw []byte) (int, error) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// schedLatency reads how long goroutines waited, runnable, for a core
+// (runtime/metrics /sched/latencies:seconds, over the process's life): a
+// tail there is a tail every request that waits behind it sees.
+func schedLatency() (p50, p99, p999 time.Duration, ok bool) {
+	sample := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(sample)
+	if sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0, 0, 0, false
+	}
+	h := sample[0].Value.Float64Histogram()
+	var total uint64
+	for _, c := range h.Counts {
+		total += c
+	}
+	if total == 0 {
+		return 0, 0, 0, false
+	}
+	at := func(q float64) time.Duration {
+		want := uint64(q * float64(total))
+		var n uint64
+		for i, c := range h.Counts {
+			n += c
+			if n > want {
+				return time.Duration(h.Buckets[i+1] * float64(time.Second)).Round(time.Microsecond)
+			}
+		}
+		return time.Duration(h.Buckets[len(h.Buckets)-1] * float64(time.Second))
+	}
+	return at(.5), at(.99), at(.999), true
 }
