@@ -77,7 +77,7 @@ func main() {
 	flag.IntVar(&o.n, "n", 20000, "webhooks in the throughput phase (each way)")
 	flag.IntVar(&o.concurrency, "concurrency", 16, "requests in flight: the bare loop's goroutines and the sink's per-target concurrency")
 	flag.IntVar(&o.producers, "producers", 4, "goroutines handing deliveries to the engine in the throughput phase")
-	flag.IntVar(&o.batch, "batch", 1, "deliveries per Enqueue call in the throughput phase (one event to that many targets)")
+	flag.IntVar(&o.batch, "batch", 64, "deliveries per Enqueue call in the throughput phase (the hub's deliveries consumer hands over every event the bus delivered, up to 256 at once; 1: one event, one webhook per call)")
 	flag.IntVar(&o.rate, "rate", 500, "events per second in the latency phase")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of the latency phase")
 	flag.DurationVar(&o.timeout, "timeout", 2*time.Minute, "upper bound on each phase")
