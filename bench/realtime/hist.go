@@ -65,6 +65,60 @@ type summary struct {
 	P99NS     int64 `json:"p99_ns"`
 	MaxNS     int64 `json:"max_ns"`
 	Errors    int64 `json:"errors"`
+	// Pongs counts the pusher:ping messages answered with pusher:pong.
+	Pongs int64 `json:"pongs"`
 	// CPUNS is the worker's CPU time (user+system) after it got ready.
 	CPUNS int64 `json:"cpu_ns"`
+	// Waits and Events count the epoll client's epoll_wait calls that
+	// returned events and those events.
+	Waits  int64 `json:"epoll_waits,omitempty"`
+	Events int64 `json:"epoll_events,omitempty"`
+}
+
+// localHist is a histogram with the same buckets for one goroutine: no
+// atomic operations on the hot path; merged into a histogram at the end.
+type localHist struct {
+	fine   [10_000]int64
+	coarse [9_900]int64
+	over   int64
+	max    int64
+	n      int64
+}
+
+func (h *localHist) record(d time.Duration) {
+	if d < 0 {
+		d = 0
+	}
+	h.n++
+	h.max = max(h.max, int64(d))
+	switch {
+	case d < 100*time.Millisecond:
+		h.fine[d/(10*time.Microsecond)]++
+	case d < 10*time.Second:
+		h.coarse[(d-100*time.Millisecond)/time.Millisecond]++
+	default:
+		h.over++
+	}
+}
+
+// mergeInto adds h's counts to dst.
+func (h *localHist) mergeInto(dst *histogram) {
+	for i, c := range h.fine {
+		if c != 0 {
+			dst.fine[i].Add(c)
+		}
+	}
+	for i, c := range h.coarse {
+		if c != 0 {
+			dst.coarse[i].Add(c)
+		}
+	}
+	dst.over.Add(h.over)
+	dst.n.Add(h.n)
+	for {
+		m := dst.max.Load()
+		if h.max <= m || dst.max.CompareAndSwap(m, h.max) {
+			break
+		}
+	}
 }

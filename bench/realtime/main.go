@@ -64,6 +64,11 @@ type options struct {
 	private  bool
 	memprof  string
 	cpuprof  string
+	wcpuprof string        // CPU profile of the client worker
+	client   string        // goroutines or epoll
+	loops    int           // epoll reader loops in the worker; 0 means its GOMAXPROCS
+	batchWt  time.Duration // epoll client: pause after a small epoll_wait batch
+	pingIvl  time.Duration // in-process server's ActivityTimeout and PongTimeout; 0 means the defaults
 }
 
 func main() {
@@ -83,6 +88,11 @@ func main() {
 	flag.BoolVar(&o.private, "private", true, "subscribe to private channels (signed), as buildbridge's users do")
 	flag.StringVar(&o.memprof, "memprofile", "", "idle: write a heap profile of the server process to this file")
 	flag.StringVar(&o.cpuprof, "cpuprofile", "", "fanout, channels: write a CPU profile of the server process while publishing")
+	flag.StringVar(&o.client, "client", clientEpoll, "how the worker reads its connections: epoll (a few reader loops on locked threads, Linux) or goroutines (one per connection)")
+	flag.StringVar(&o.wcpuprof, "client-cpuprofile", "", "write a CPU profile of the client worker process from READY to the end")
+	flag.DurationVar(&o.batchWt, "client-batch-wait", 0, "epoll client: sleep this long after an epoll_wait that returned few events, so that the next returns many (adds at most this much latency)")
+	flag.IntVar(&o.loops, "client-loops", 0, "epoll client: reader loops (OS threads); 0 means the worker's GOMAXPROCS")
+	flag.DurationVar(&o.pingIvl, "ping-interval", 0, "in-process server: ActivityTimeout and PongTimeout (silent clients are pinged after it and dropped if they do not answer within it); 0 keeps the defaults (120s, 30s)")
 	flag.BoolVar(&worker, "worker", false, "internal: run as the client worker process")
 	flag.StringVar(&w.URL, "worker-url", "", "internal: WebSocket URL for the worker")
 	flag.StringVar(&w.Prefix, "worker-prefix", "", "internal: channel name prefix for the worker")
@@ -96,7 +106,8 @@ func main() {
 	flag.Parse()
 
 	if worker {
-		w.Conns, w.Key, w.Secret = o.conns, o.key, o.secret
+		w.Conns, w.Key, w.Secret, w.Client, w.Loops, w.CPUProfile = o.conns, o.key, o.secret, o.client, o.loops, o.wcpuprof
+		w.BatchWait = o.batchWt
 		if err := runWorker(w); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)
 			os.Exit(1)
@@ -121,6 +132,14 @@ func (o *options) validate() error {
 		return fmt.Errorf("-rate %g: want (0, 100000]", o.rate)
 	case o.duration <= 0 || o.duration > maxDuration:
 		return fmt.Errorf("-duration %v: want (0, %v]", o.duration, maxDuration)
+	case o.client != clientEpoll && o.client != clientGoroutines:
+		return fmt.Errorf("-client %q: want %s or %s", o.client, clientEpoll, clientGoroutines)
+	case o.batchWt < 0 || o.batchWt > 100*time.Millisecond:
+		return fmt.Errorf("-client-batch-wait %v: want 0..100ms", o.batchWt)
+	case o.loops < 0 || o.loops > 64:
+		return fmt.Errorf("-client-loops %d: want 0..64", o.loops)
+	case o.pingIvl < 0 || (o.pingIvl > 0 && o.pingIvl < time.Second):
+		return fmt.Errorf("-ping-interval %v: want 0 or at least 1s", o.pingIvl)
 	}
 	if o.url != "" {
 		u, err := url.Parse(o.url)
@@ -168,9 +187,9 @@ func run(o options) error {
 	case "channels":
 		conns, channels = o.channels, o.channels
 	}
-	fmt.Printf("scenario=%s conns=%d channels=%d server=%s go=%s GOMAXPROCS=%d\n",
+	fmt.Printf("scenario=%s conns=%d channels=%d server=%s client=%s go=%s GOMAXPROCS=%d\n",
 		o.scenario, conns, channels, map[bool]string{true: "in-process", false: o.url}[t.srv != nil],
-		runtime.Version(), runtime.GOMAXPROCS(0))
+		o.client, runtime.Version(), runtime.GOMAXPROCS(0))
 
 	before := readMem()
 	start := time.Now()
@@ -196,8 +215,12 @@ func run(o options) error {
 				}
 			}
 		}
-		_, err := wk.finish()
-		return err
+		sum, err := wk.finish()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("client worker: errors=%d pings answered=%d\n", sum.Errors, sum.Pongs)
+		return nil
 	default:
 		if o.cpuprof != "" {
 			f, err := os.Create(o.cpuprof)
@@ -221,8 +244,6 @@ func run(o options) error {
 		if t.srv == nil {
 			who = "this process (publishing over HTTP)"
 		}
-		fmt.Printf("%s CPU while publishing: %v (%.0f%% of one core)\n",
-			who, cpu.Round(time.Millisecond), 100*cpu.Seconds()/o.duration.Seconds())
 		time.Sleep(o.settle)
 		sum, err := wk.finish()
 		if err != nil {
@@ -233,10 +254,23 @@ func run(o options) error {
 			perEvent = conns
 		}
 		want := sent * int64(perEvent)
-		fmt.Printf("published=%d events (%.0f/s for %v) expected_deliveries=%d received=%d (%.2f%%) errors=%d\n",
-			sent, o.rate, o.duration, want, sum.Received, 100*float64(sum.Received)/float64(max(want, 1)), sum.Errors)
-		fmt.Printf("client worker CPU: %v (%.0f%% of one core)\n", time.Duration(sum.CPUNS).Round(time.Millisecond),
-			100*time.Duration(sum.CPUNS).Seconds()/(o.duration+o.settle).Seconds())
+		fmt.Printf("published=%d events (%.0f/s for %v) expected_deliveries=%d received=%d (%.2f%%) errors=%d pings_answered=%d\n",
+			sent, o.rate, o.duration, want, sum.Received, 100*float64(sum.Received)/float64(max(want, 1)), sum.Errors, sum.Pongs)
+		// Per delivery: the server's CPU while publishing (the fan-out of
+		// the last event may end during the settle pause, < 1 event's
+		// worth) over the deliveries expected; the worker's from READY to
+		// the end over the messages it received.
+		fmt.Printf("%s CPU while publishing: %v (%.0f%% of one core, %.2f µs per delivery)\n",
+			who, cpu.Round(time.Millisecond), 100*cpu.Seconds()/o.duration.Seconds(),
+			float64(cpu.Microseconds())/float64(max(want, 1)))
+		fmt.Printf("client worker CPU (%s): %v (%.0f%% of one core over publishing+settle, %.2f µs per message)\n",
+			o.client, time.Duration(sum.CPUNS).Round(time.Millisecond),
+			100*time.Duration(sum.CPUNS).Seconds()/(o.duration+o.settle).Seconds(),
+			float64(sum.CPUNS)/1e3/float64(max(sum.Received, 1)))
+		if sum.Waits > 0 {
+			fmt.Printf("client epoll_wait: %d calls returned %d events (%.1f per call)\n",
+				sum.Waits, sum.Events, float64(sum.Events)/float64(sum.Waits))
+		}
 		fmt.Printf("latency publish→receive: p50=%v p99=%v max=%v\n",
 			time.Duration(sum.P50NS).Round(10*time.Microsecond), time.Duration(sum.P99NS).Round(10*time.Microsecond),
 			time.Duration(sum.MaxNS).Round(10*time.Microsecond))
@@ -251,7 +285,9 @@ func startTarget(o options) (*target, error) {
 		return &target{base: strings.TrimSuffix(o.url, "/"), publish: pub, close: func() {}}, nil
 	}
 	srv, err := realtime.New(realtime.Config{
-		Apps: []realtime.App{{ID: benchAppID, Key: benchKey, Secret: benchSecret}},
+		Apps:            []realtime.App{{ID: benchAppID, Key: benchKey, Secret: benchSecret}},
+		ActivityTimeout: o.pingIvl,
+		PongTimeout:     o.pingIvl,
 		// The default queue of 128 frames is plenty for these rates.
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
@@ -344,7 +380,8 @@ func startWorker(o options, base, prefix string, conns, channels int) (*workerPr
 	wsURL := "ws" + strings.TrimPrefix(base, "http") + "/app/" + key + "?protocol=7&client=bench&version=1"
 	cmd := exec.Command(exe, "-worker", "-worker-url", wsURL, "-worker-prefix", prefix,
 		"-worker-channels", strconv.Itoa(channels), "-conns", strconv.Itoa(conns),
-		"-key", key, "-secret", o.secret)
+		"-key", key, "-secret", o.secret, "-client", o.client, "-client-loops", strconv.Itoa(o.loops), "-client-cpuprofile", o.wcpuprof,
+		"-client-batch-wait", o.batchWt.String())
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,7 +27,20 @@ type workerConfig struct {
 	Conns    int
 	Channels int // connection i subscribes to channel i % Channels
 	Prefix   string
+	Client   string // "goroutines" or "epoll": how the connections are read
+	Loops    int    // epoll: reader loops (OS threads); 0 means GOMAXPROCS
+	// BatchWait: epoll: pause after a small epoll_wait batch (epollLoop.batchWait).
+	BatchWait time.Duration
+	// CPUProfile, if set, is where the worker writes its CPU profile from
+	// READY to the end.
+	CPUProfile string
 }
+
+// Client implementations: -client.
+const (
+	clientGoroutines = "goroutines" // one goroutine per connection, blocking reads through the Go netpoller
+	clientEpoll      = "epoll"      // a few reader loops on locked OS threads, each with its own epoll set
+)
 
 // channelName is the name of bench channel i.
 func channelName(prefix string, i int) string { return prefix + strconv.Itoa(i) }
@@ -37,8 +51,11 @@ func channelName(prefix string, i int) string { return prefix + strconv.Itoa(i) 
 // figures are the server's alone.
 func runWorker(cfg workerConfig) error {
 	raiseFileLimit()
+	if cfg.Client == clientEpoll {
+		return runEpollWorker(cfg)
+	}
 	var h histogram
-	var errs atomic.Int64
+	var errs, pongs atomic.Int64
 	conns := make([]*wsConn, cfg.Conns)
 	ready := make(chan error, cfg.Conns)
 	var readers, dialers sync.WaitGroup
@@ -62,7 +79,7 @@ func runWorker(cfg workerConfig) error {
 				readers.Add(1)
 				go func() {
 					defer readers.Done()
-					readEvents(ctx, ws, &h, &errs, ready)
+					readEvents(ctx, ws, &h, &errs, &pongs, ready)
 				}()
 			}
 		}()
@@ -91,10 +108,16 @@ func runWorker(cfg workerConfig) error {
 			return err
 		}
 	}
+	stopProf, err := startCPUProfile(cfg.CPUProfile)
+	if err != nil {
+		cancel()
+		return err
+	}
 	fmt.Println("READY")
 	cpu0 := cpuTime()
 	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
 	cpu := cpuTime() - cpu0
+	stopProf()
 	cancel()
 	for _, ws := range conns {
 		_ = ws.Close()
@@ -102,7 +125,7 @@ func runWorker(cfg workerConfig) error {
 	readers.Wait()
 	return json.NewEncoder(os.Stdout).Encode(summary{Connected: cfg.Conns, Received: h.n.Load(),
 		P50NS: int64(h.quantile(0.50)), P99NS: int64(h.quantile(0.99)), MaxNS: h.max.Load(), Errors: errs.Load(),
-		CPUNS: int64(cpu)})
+		Pongs: pongs.Load(), CPUNS: int64(cpu)})
 }
 
 // dialAndSubscribe connects connection i and sends its subscription; the
@@ -154,7 +177,7 @@ var (
 // readEvents reads until the connection ends, reporting the subscription
 // result on ready and recording each bench event's latency: its data is
 // the publisher's time.Now().UnixNano().
-func readEvents(ctx context.Context, ws *wsConn, h *histogram, errs *atomic.Int64, ready chan<- error) {
+func readEvents(ctx context.Context, ws *wsConn, h *histogram, errs, pongs *atomic.Int64, ready chan<- error) {
 	subscribed := false
 	for {
 		msg, err := ws.readMessage()
@@ -180,6 +203,8 @@ func readEvents(ctx context.Context, ws *wsConn, h *histogram, errs *atomic.Int6
 			if bytes.Contains(msg, pusherPing) {
 				if err := ws.writeText(pusherPong); err != nil {
 					errs.Add(1)
+				} else {
+					pongs.Add(1)
 				}
 			}
 			continue
@@ -204,4 +229,24 @@ func readEvents(ctx context.Context, ws *wsConn, h *histogram, errs *atomic.Int6
 func readLine(r *bufio.Reader) (string, error) {
 	line, err := r.ReadString('\n')
 	return strings.TrimSpace(line), err
+}
+
+// startCPUProfile starts a CPU profile to path, if set; the returned
+// function stops it.
+func startCPUProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
