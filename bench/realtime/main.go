@@ -132,8 +132,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("-rate %g: want (0, 100000]", o.rate)
 	case o.duration <= 0 || o.duration > maxDuration:
 		return fmt.Errorf("-duration %v: want (0, %v]", o.duration, maxDuration)
-	case o.client != clientEpoll && o.client != clientGoroutines:
-		return fmt.Errorf("-client %q: want %s or %s", o.client, clientEpoll, clientGoroutines)
+	case o.client != clientEpoll && o.client != clientUring && o.client != clientGoroutines:
+		return fmt.Errorf("-client %q: want %s, %s or %s", o.client, clientEpoll, clientUring, clientGoroutines)
 	case o.batchWt < 0 || o.batchWt > 100*time.Millisecond:
 		return fmt.Errorf("-client-batch-wait %v: want 0..100ms", o.batchWt)
 	case o.loops < 0 || o.loops > 64:
@@ -268,7 +268,7 @@ func run(o options) error {
 			100*time.Duration(sum.CPUNS).Seconds()/(o.duration+o.settle).Seconds(),
 			float64(sum.CPUNS)/1e3/float64(max(sum.Received, 1)))
 		if sum.Waits > 0 {
-			fmt.Printf("client epoll_wait: %d calls returned %d events (%.1f per call)\n",
+			fmt.Printf("client waits (epoll_wait or io_uring_enter) that returned events: %d, events %d (%.1f per wait)\n",
 				sum.Waits, sum.Events, float64(sum.Events)/float64(sum.Waits))
 		}
 		fmt.Printf("latency publish→receive: p50=%v p99=%v max=%v\n",

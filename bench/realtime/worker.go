@@ -40,6 +40,7 @@ type workerConfig struct {
 const (
 	clientGoroutines = "goroutines" // one goroutine per connection, blocking reads through the Go netpoller
 	clientEpoll      = "epoll"      // a few reader loops on locked OS threads, each with its own epoll set
+	clientUring      = "uring"      // a few reader loops on locked OS threads, each with its own io_uring
 )
 
 // channelName is the name of bench channel i.
@@ -51,8 +52,11 @@ func channelName(prefix string, i int) string { return prefix + strconv.Itoa(i) 
 // figures are the server's alone.
 func runWorker(cfg workerConfig) error {
 	raiseFileLimit()
-	if cfg.Client == clientEpoll {
+	switch cfg.Client {
+	case clientEpoll:
 		return runEpollWorker(cfg)
+	case clientUring:
+		return runUringWorker(cfg)
 	}
 	var h histogram
 	var errs, pongs atomic.Int64
