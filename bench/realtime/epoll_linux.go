@@ -131,5 +131,6 @@ func (l *epollLoop) readConn(c *sockConn) {
 
 // runEpollWorker is runWorker with the epoll client.
 func runEpollWorker(cfg workerConfig) error {
+	cfg.Client = clientEpoll
 	return runRawWorker(cfg, func(fr frameReader) (rawLoop, error) { return newEpollLoop(fr, cfg.BatchWait) })
 }

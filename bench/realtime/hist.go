@@ -59,12 +59,13 @@ func (h *histogram) quantile(q float64) time.Duration {
 
 // summary is what a client worker reports to the parent.
 type summary struct {
-	Connected int   `json:"connected"`
-	Received  int64 `json:"received"`
-	P50NS     int64 `json:"p50_ns"`
-	P99NS     int64 `json:"p99_ns"`
-	MaxNS     int64 `json:"max_ns"`
-	Errors    int64 `json:"errors"`
+	Client    string `json:"client"` // the client that ran: uring falls back to epoll
+	Connected int    `json:"connected"`
+	Received  int64  `json:"received"`
+	P50NS     int64  `json:"p50_ns"`
+	P99NS     int64  `json:"p99_ns"`
+	MaxNS     int64  `json:"max_ns"`
+	Errors    int64  `json:"errors"`
 	// Pongs counts the pusher:ping messages answered with pusher:pong.
 	Pongs int64 `json:"pongs"`
 	// CPUNS is the worker's CPU time (user+system) after it got ready.

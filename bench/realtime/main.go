@@ -88,10 +88,10 @@ func main() {
 	flag.BoolVar(&o.private, "private", true, "subscribe to private channels (signed), as buildbridge's users do")
 	flag.StringVar(&o.memprof, "memprofile", "", "idle: write a heap profile of the server process to this file")
 	flag.StringVar(&o.cpuprof, "cpuprofile", "", "fanout, channels: write a CPU profile of the server process while publishing")
-	flag.StringVar(&o.client, "client", clientEpoll, "how the worker reads its connections: epoll (a few reader loops on locked threads, Linux) or goroutines (one per connection)")
+	flag.StringVar(&o.client, "client", clientUring, "how the worker reads its connections: uring (a few reader loops with an io_uring each, Linux 6.1+; falls back to epoll), epoll (a few reader loops with an epoll set each, Linux) or goroutines (one per connection)")
 	flag.StringVar(&o.wcpuprof, "client-cpuprofile", "", "write a CPU profile of the client worker process from READY to the end")
-	flag.DurationVar(&o.batchWt, "client-batch-wait", 0, "epoll client: sleep this long after an epoll_wait that returned few events, so that the next returns many (adds at most this much latency)")
-	flag.IntVar(&o.loops, "client-loops", 0, "epoll client: reader loops (OS threads); 0 means the worker's GOMAXPROCS")
+	flag.DurationVar(&o.batchWt, "client-batch-wait", time.Millisecond, "uring, epoll clients: after a wait that returned few events, let completions gather this long (uring: io_uring_enter's min_wait; epoll: a sleep) so that the next wait returns many: fewer wake-ups of the client and of the server's writes, at most this much added latency; 0 disables")
+	flag.IntVar(&o.loops, "client-loops", 0, "uring, epoll clients: reader loops (locked OS threads); 0 means the worker's GOMAXPROCS")
 	flag.DurationVar(&o.pingIvl, "ping-interval", 0, "in-process server: ActivityTimeout and PongTimeout (silent clients are pinged after it and dropped if they do not answer within it); 0 keeps the defaults (120s, 30s)")
 	flag.BoolVar(&worker, "worker", false, "internal: run as the client worker process")
 	flag.StringVar(&w.URL, "worker-url", "", "internal: WebSocket URL for the worker")
@@ -219,7 +219,7 @@ func run(o options) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("client worker: errors=%d pings answered=%d\n", sum.Errors, sum.Pongs)
+		fmt.Printf("client worker (%s): errors=%d pings answered=%d\n", sum.Client, sum.Errors, sum.Pongs)
 		return nil
 	default:
 		if o.cpuprof != "" {
@@ -264,7 +264,7 @@ func run(o options) error {
 			who, cpu.Round(time.Millisecond), 100*cpu.Seconds()/o.duration.Seconds(),
 			float64(cpu.Microseconds())/float64(max(want, 1)))
 		fmt.Printf("client worker CPU (%s): %v (%.0f%% of one core over publishing+settle, %.2f µs per message)\n",
-			o.client, time.Duration(sum.CPUNS).Round(time.Millisecond),
+			sum.Client, time.Duration(sum.CPUNS).Round(time.Millisecond),
 			100*time.Duration(sum.CPUNS).Seconds()/(o.duration+o.settle).Seconds(),
 			float64(sum.CPUNS)/1e3/float64(max(sum.Received, 1)))
 		if sum.Waits > 0 {

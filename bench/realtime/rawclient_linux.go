@@ -189,7 +189,7 @@ func runRawWorker(cfg workerConfig, newLoop func(fr frameReader) (rawLoop, error
 		s.Events += r.events
 	}
 	closeLoops()
-	s.Connected, s.Received, s.CPUNS = cfg.Conns, h.n.Load(), int64(cpu)
+	s.Client, s.Connected, s.Received, s.CPUNS = cfg.Client, cfg.Conns, h.n.Load(), int64(cpu)
 	s.P50NS, s.P99NS, s.MaxNS = int64(h.quantile(0.50)), int64(h.quantile(0.99)), h.max.Load()
 	return json.NewEncoder(os.Stdout).Encode(s)
 }
@@ -367,7 +367,7 @@ func frameLen(p []byte) int {
 
 // parse handles the complete frames at the start of data and returns how
 // many bytes they took; ok is false when the connection must be dropped
-// (protocol error or close frame, counted).
+// (protocol error or close frame; closeConn counts it).
 func (l *frameReader) parse(c *sockConn, data []byte, now int64) (int, bool) {
 	i := 0
 	for {
@@ -377,8 +377,7 @@ func (l *frameReader) parse(c *sockConn, data []byte, now int64) (int, bool) {
 			return i, true
 		}
 		if p[1]&0x80 != 0 || fl > maxFrame+10 {
-			l.errors++ // masked or oversized frame from the server
-			return i, false
+			return i, false // masked or oversized frame from the server
 		}
 		if len(p) < fl {
 			return i, true
@@ -395,7 +394,6 @@ func (l *frameReader) parse(c *sockConn, data []byte, now int64) (int, bool) {
 		switch op {
 		case 0x1, 0x2: // text, binary
 			if c.fragging {
-				l.errors++
 				return i, false
 			}
 			if fin {
@@ -405,7 +403,6 @@ func (l *frameReader) parse(c *sockConn, data []byte, now int64) (int, bool) {
 			}
 		case 0x0: // continuation
 			if !c.fragging {
-				l.errors++
 				return i, false
 			}
 			c.frag = append(c.frag, payload...)
@@ -415,16 +412,13 @@ func (l *frameReader) parse(c *sockConn, data []byte, now int64) (int, bool) {
 			}
 		case 0x8: // close: answer it; the server ended the connection
 			_ = writeAll(c.fd, maskedFrame(0x8, payload))
-			l.errors++
 			return i, false
 		case 0x9: // ping
 			if writeAll(c.fd, maskedFrame(0xA, payload)) != nil {
-				l.errors++
 				return i, false
 			}
 		case 0xA: // pong
 		default:
-			l.errors++
 			return i, false
 		}
 	}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"syscall"
@@ -396,7 +397,29 @@ func (l *uringLoop) reap() int {
 	return int(tail - head)
 }
 
-// runUringWorker is runWorker with the io_uring client.
+// runUringWorker is runWorker with the io_uring client, or with the epoll
+// client if this kernel's io_uring lacks what it needs (Linux 6.1) or is
+// disabled (kernel.io_uring_disabled, seccomp).
 func runUringWorker(cfg workerConfig) error {
+	if err := probeUring(); err != nil {
+		fmt.Fprintf(os.Stderr, "worker: io_uring unavailable (%v); using the epoll client\n", err)
+		cfg.Client = clientEpoll
+		return runEpollWorker(cfg)
+	}
 	return runRawWorker(cfg, func(fr frameReader) (rawLoop, error) { return newUringLoop(fr, cfg.BatchWait) })
+}
+
+// probeUring creates and closes a small ring with the loops' flags.
+func probeUring() error {
+	p := uringParams{flags: uringSetupSingleIssuer | uringSetupDeferTaskrun}
+	fd, _, e := syscall.RawSyscall(sysIOUringSetup, 8, uintptr(unsafe.Pointer(&p)), 0)
+	if e != 0 {
+		return fmt.Errorf("io_uring_setup: %w", e)
+	}
+	_ = syscall.Close(int(fd))
+	const need = uringFeatSingleMmap | uringFeatNoDrop | uringFeatExtArg
+	if p.features&need != need {
+		return fmt.Errorf("io_uring features %#x, need %#x", p.features, need)
+	}
+	return nil
 }

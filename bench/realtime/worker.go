@@ -127,7 +127,7 @@ func runWorker(cfg workerConfig) error {
 		_ = ws.Close()
 	}
 	readers.Wait()
-	return json.NewEncoder(os.Stdout).Encode(summary{Connected: cfg.Conns, Received: h.n.Load(),
+	return json.NewEncoder(os.Stdout).Encode(summary{Client: clientGoroutines, Connected: cfg.Conns, Received: h.n.Load(),
 		P50NS: int64(h.quantile(0.50)), P99NS: int64(h.quantile(0.99)), MaxNS: h.max.Load(), Errors: errs.Load(),
 		Pongs: pongs.Load(), CPUNS: int64(cpu)})
 }
