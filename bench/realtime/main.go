@@ -9,7 +9,11 @@
 // By default it starts the server in this process and runs the clients in
 // a child process (the same binary, -worker), so that the memory figures
 // of the idle scenario are the server's alone. With -url it loads an
-// already running server instead (loopback addresses only).
+// already running server instead (loopback addresses only). -client
+// chooses how the worker reads: uring (default; a few loops with an
+// io_uring each), epoll (a few loops with an epoll set each) or
+// goroutines (one per connection); the clients share the machine with
+// the server, so the cheaper they read, the more CPU the server gets.
 //
 //	go run ./bench/realtime -scenario idle -conns 10000
 //	go run ./bench/realtime -scenario fanout -conns 10000 -rate 10 -duration 30s

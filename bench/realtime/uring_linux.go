@@ -155,18 +155,19 @@ func (l *uringLoop) add(c sockConn) error {
 func (l *uringLoop) reader() *frameReader { return &l.frameReader }
 
 // close closes the ring first: that cancels the receives, which hold
-// references to the sockets.
+// references to the sockets. The receive buffers stay mapped: the ring is
+// torn down asynchronously, and the worker exits right after.
 func (l *uringLoop) close() {
 	if l.fd >= 0 {
 		_ = syscall.Close(l.fd)
 		l.fd = -1
 	}
-	for _, m := range [][]byte{l.ringMem, l.sqesMem, l.bufRing, l.bufs} {
+	for _, m := range [][]byte{l.ringMem, l.sqesMem} {
 		if m != nil {
 			_ = syscall.Munmap(m)
 		}
 	}
-	l.ringMem, l.sqesMem, l.bufRing, l.bufs = nil, nil, nil, nil
+	l.ringMem, l.sqesMem = nil, nil
 	for i := range l.conns {
 		if l.conns[i].fd >= 0 {
 			_ = syscall.Close(l.conns[i].fd)
