@@ -44,12 +44,16 @@ type SinkDelivery struct {
 	// MessageID is the id the destination sees (webhook-id): the same on
 	// every attempt.
 	MessageID string `json:"message_id"`
-	EventID   string `json:"event_id"`
-	EventType string `json:"event_type"`
-	Sink      string `json:"sink"`
-	SinkType  string `json:"sink_type"`
-	Target    string `json:"target"`
-	Route     string `json:"route"`
+	// LegacyMessageID, when set on a delivery to create, is the id an
+	// earlier version may have stored the same delivery under (another
+	// format): if a delivery with it exists, this one is not created.
+	LegacyMessageID string `json:"-"`
+	EventID         string `json:"event_id"`
+	EventType       string `json:"event_type"`
+	Sink            string `json:"sink"`
+	SinkType        string `json:"sink_type"`
+	Target          string `json:"target"`
+	Route           string `json:"route"`
 	// OwnerID is the owner of the event's project; 0 for system events,
 	// which only admins see.
 	OwnerID int64 `json:"owner_id"`
@@ -332,6 +336,10 @@ func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []Sink
 		}
 		rows = append(rows, d)
 	}
+	rows, err := s.withoutLegacy(p, rows)
+	if err != nil {
+		return nil, err
+	}
 	// The rows are inserted in chunks; those whose message id exists
 	// already (a redelivered event) are skipped by the database, and
 	// RETURNING names the others, in no promised order.
@@ -395,6 +403,55 @@ func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []Sink
 		}
 	}
 	return out, nil
+}
+
+// withoutLegacy drops the rows stored already under their legacy message
+// id. Only rows with one are looked up (the engine sets it for events
+// that may have been handled by an earlier version).
+func (s *DB) withoutLegacy(p ptx, rows []SinkDelivery) ([]SinkDelivery, error) {
+	var legacy []any
+	for _, d := range rows {
+		if d.LegacyMessageID != "" {
+			legacy = append(legacy, d.LegacyMessageID)
+		}
+	}
+	if len(legacy) == 0 {
+		return rows, nil
+	}
+	found := map[string]bool{}
+	for len(legacy) > 0 {
+		n := min(len(legacy), 256)
+		// Not a cached statement: its text varies, and the path is rare.
+		res, err := p.tx.QueryContext(p.ctx, s.q(`SELECT message_id FROM deliveries WHERE message_id IN (?`+strings.Repeat(", ?", n-1)+`)`), legacy[:n]...)
+		if err != nil {
+			return nil, fmt.Errorf("look up legacy message ids: %w", err)
+		}
+		for res.Next() {
+			var id string
+			if err := res.Scan(&id); err != nil {
+				res.Close()
+				return nil, err
+			}
+			found[id] = true
+		}
+		if err := res.Close(); err != nil {
+			return nil, err
+		}
+		if err := res.Err(); err != nil {
+			return nil, err
+		}
+		legacy = legacy[n:]
+	}
+	if len(found) == 0 {
+		return rows, nil
+	}
+	kept := rows[:0]
+	for _, d := range rows {
+		if !found[d.LegacyMessageID] {
+			kept = append(kept, d)
+		}
+	}
+	return kept, nil
 }
 
 func leaseMS(t *time.Time) int64 {

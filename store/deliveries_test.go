@@ -458,3 +458,25 @@ func TestDeliveriesCreateInChunks(t *testing.T) {
 		}
 	})
 }
+
+// A delivery stored by an earlier version under another message id is
+// not created again when the new one names that id as its legacy id.
+func TestDeliveriesLegacyMessageID(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		old := newSinkDelivery("e1", "hook", "https://a", 1, now)
+		old.MessageID = "msg_old_e1"
+		if _, err := s.CreateSinkDeliveries(ctx, []SinkDelivery{old}); err != nil {
+			t.Fatal(err)
+		}
+		again := newSinkDelivery("e1", "hook", "https://a", 1, now)
+		again.LegacyMessageID = "msg_old_e1"
+		other := newSinkDelivery("e2", "hook", "https://a", 1, now)
+		other.LegacyMessageID = "msg_old_e2" // never stored
+		got, err := s.CreateSinkDeliveries(ctx, []SinkDelivery{again, other})
+		if err != nil || len(got) != 1 || got[0].EventID != "e2" {
+			t.Fatalf("created %+v, %v; want only e2", got, err)
+		}
+	})
+}

@@ -34,11 +34,13 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/oklog/ulid/v2"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/buildbridge/buildbridge/builds"
@@ -212,12 +214,14 @@ func copyTimes(m map[string]time.Time) map[string]time.Time {
 
 func (r *receiver) close() { r.srv.Close() }
 
-// testEvent is a finished build's event, like the ones the engine carries.
+// testEvent is a finished build's event, like the ones the engine carries:
+// its id is made as the store makes them (a ULID, so in time order), i
+// numbers the build.
 func testEvent(i int) event.Envelope {
 	start := time.Now().UTC()
 	end := start.Add(42 * time.Second)
 	return event.FromTransition(builds.Transition{
-		EventID: "evt_bench_" + strconv.Itoa(i), Seq: int64(i + 1), Time: end, From: builds.Started, To: builds.Finished,
+		EventID: "evt_" + strings.ToLower(ulid.Make().String()), Seq: int64(i + 1), Time: end, From: builds.Started, To: builds.Finished,
 		Build: builds.Build{ID: int64(i + 1), Number: int64(i + 1), State: builds.Finished, Result: builds.Passed,
 			Ref: "refs/heads/main", Branch: "main", SHA: "0123456789abcdef0123456789abcdef01234567",
 			Author: "Ann Example", AuthorEmail: "ann@example.com", Message: "Bench the delivery engine",

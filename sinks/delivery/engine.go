@@ -455,6 +455,13 @@ func (e *Engine) Close() error {
 	return nil
 }
 
+// legacyCheckAge is the age from which an event's deliveries are also
+// looked up by the message ids of earlier versions: a fresh event cannot
+// have been handled before; an older one may be the bus's redelivery of
+// an event an earlier version (before an upgrade, or another node in a
+// rolling one) stored already.
+const legacyCheckAge = 10 * time.Second
+
 // Enqueue persists deliveries and schedules their first attempt. It
 // returns only once they are stored, so a caller acknowledging an event
 // after a nil return loses nothing; an error means nothing more than
@@ -493,6 +500,9 @@ func (e *Engine) Enqueue(ctx context.Context, ds []sinks.Delivery) error {
 		}
 		if d.Event.Build != nil {
 			row.BuildID = d.Event.Build.ID
+		}
+		if d.Event.Time.Before(now.Add(-legacyCheckAge)) {
+			row.LegacyMessageID = legacyMessageID(d.EventID, d.Sink, d.Target)
 		}
 		due := now.Add(e.policyFor(d.Sink).Schedule[0])
 		row.NextAt = &due
