@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -55,7 +56,7 @@ func BenchmarkSinkDeliveryLifecycle(b *testing.B) {
 		list := make([]SinkDelivery, batch)
 		for i := range list {
 			ev := "evt_" + strconv.Itoa(n+i)
-			list[i] = SinkDelivery{MessageID: msgID(ev), EventID: ev, EventType: "build-state-changed", Sink: "hook",
+			list[i] = SinkDelivery{MessageID: msgID(n+i, ev), EventID: ev, EventType: "build-state-changed", Sink: "hook",
 				SinkType: "webhook", Target: "http://127.0.0.1:9/hook", Route: "r", OwnerID: 5, BuildID: int64(n + i), Seq: 3,
 				NextAt: &now, Payload: payload}
 		}
@@ -75,9 +76,11 @@ func BenchmarkSinkDeliveryLifecycle(b *testing.B) {
 	}
 }
 
-// msgID is shaped like the delivery engine's message ids: a hash, so
-// that the unique index sees inserts all over, as it does in the hub.
-func msgID(ev string) string {
+// msgID is shaped like the delivery engine's message ids: the event's
+// position in time, then a hash (with the hash alone, as earlier
+// versions had it, the unique index sees inserts all over: 67 µs per
+// delivery here at 100,000 rows instead of 37–45 µs).
+func msgID(seq int, ev string) string {
 	sum := sha256.Sum256([]byte(ev))
-	return "msg_" + hex.EncodeToString(sum[:16])
+	return fmt.Sprintf("msg_%010d%s", seq, hex.EncodeToString(sum[:11]))
 }
