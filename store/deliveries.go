@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -262,52 +261,49 @@ const (
 		RETURNING ` + deliveryCols
 )
 
-// multiRows caches the texts of multiRow: [3]string{head, row, tail} →
-// map[int]string by row count, replaced whole on a new count.
-var multiRows sync.Map
-
 // rowChunks are the row counts of the multi-row statements: a batch is
-// written in chunks of these sizes, largest first, so that at most three
-// statements per head are ever prepared.
+// written in chunks of these sizes, largest first, so that only three
+// statements per kind are ever prepared.
 var rowChunks = [...]int{32, 8, 1}
 
-// multiRow is the statement head + n × row + tail: one statement writes n
-// rows, which costs far less than n statements through database/sql and
-// the driver.
-func multiRow(head, row, tail string, n int) string {
-	key := [3]string{head, row, tail}
-	v, _ := multiRows.Load(key)
-	byN, _ := v.(map[int]string)
-	if q, ok := byN[n]; ok {
-		return q
+// multiRow holds one statement written for each of rowChunks rows: head,
+// the row's placeholders n times, tail. One statement writing n rows costs
+// far less than n statements through database/sql and the driver.
+type multiRow [len(rowChunks)]string
+
+func newMultiRow(head, row, tail string) multiRow {
+	var m multiRow
+	for i, n := range rowChunks {
+		m[i] = head + strings.TrimSuffix(strings.Repeat(row+", ", n), ", ") + tail
 	}
-	var b strings.Builder
-	b.WriteString(head)
-	for i := range n {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(row)
-	}
-	b.WriteString(tail)
-	q := b.String()
-	next := make(map[int]string, len(byN)+1)
-	for k, v := range byN {
-		next[k] = v
-	}
-	next[n] = q
-	multiRows.Store(key, next)
-	return q
+	return m
 }
 
-// chunk returns the size of the next chunk of a batch with n rows left.
+// rows returns the statement for n rows, n one of rowChunks.
+func (m *multiRow) rows(n int) string {
+	for i, c := range rowChunks {
+		if c == n {
+			return m[i]
+		}
+	}
+	panic(fmt.Sprintf("store: no %d-row statement", n))
+}
+
+var (
+	insertSinkDeliveriesBy = newMultiRow(insertSinkDeliveryCols, insertSinkDeliveryRow, insertSinkDeliveryReturn)
+	insertPayloadsBy       = newMultiRow(insertSinkDeliveryPayloads, insertSinkDeliveryPayload, "")
+	insertSinkAttemptsBy   = newMultiRow(insertSinkAttempts, insertSinkAttempt, "")
+)
+
+// chunk returns the size of the next chunk of a batch with n > 0 rows
+// left: one of rowChunks.
 func chunk(n int) int {
 	for _, c := range rowChunks {
 		if n >= c {
 			return c
 		}
 	}
-	return n
+	return rowChunks[len(rowChunks)-1]
 }
 
 func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []SinkDelivery, lease SinkLease, now time.Time) ([]SinkDelivery, error) {
@@ -361,7 +357,7 @@ func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []Sink
 				d.Route, d.OwnerID, d.BuildID, d.Seq, d.Status, nullMS(d.NextAt), d.LastError,
 				ms(now), ms(now), nullMS(d.FinishedAt), d.LeaseOwner, leaseMS(d.LeaseUntil))
 		}
-		res, err := p.Query(multiRow(insertSinkDeliveryCols, insertSinkDeliveryRow, insertSinkDeliveryReturn, n), args...)
+		res, err := p.Query(insertSinkDeliveriesBy.rows(n), args...)
 		if err != nil {
 			return nil, err
 		}
@@ -396,7 +392,7 @@ func (s *DB) createSinkDeliveriesTx(ctx context.Context, tx *sql.Tx, list []Sink
 			for _, d := range created[:m] {
 				args = append(args, d.ID, d.Payload)
 			}
-			if _, err := p.Exec(multiRow(insertSinkDeliveryPayloads, insertSinkDeliveryPayload, "", m), args...); err != nil {
+			if _, err := p.Exec(insertPayloadsBy.rows(m), args...); err != nil {
 				return nil, fmt.Errorf("payloads of deliveries %d…: %w", created[0].ID, err)
 			}
 			created = created[m:]
@@ -660,7 +656,7 @@ func (s *DB) recordSinkAttemptsTx(ctx context.Context, tx *sql.Tx, recs []SinkAt
 			args = append(args, a.DeliveryID, a.Number, ms(a.Time), a.Duration.Microseconds(), a.StatusCode,
 				a.Outcome, a.Error, hdr, a.Body)
 		}
-		if _, err := p.Exec(multiRow(insertSinkAttempts, insertSinkAttempt, "", n), args...); err != nil {
+		if _, err := p.Exec(insertSinkAttemptsBy.rows(n), args...); err != nil {
 			return nil, err
 		}
 		logged = logged[n:]
