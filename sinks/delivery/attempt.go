@@ -50,11 +50,9 @@ type Sender interface {
 // 37–45 µs in time order).
 func MessageID(eventID, sink, target string) string {
 	sum := messageHash(eventID, sink, target)
-	prefix := ""
+	prefix := hex.EncodeToString(sum[11:16])
 	if u, ok := strings.CutPrefix(eventID, "evt_"); ok && len(u) == 26 {
 		prefix = u[:10]
-	} else {
-		prefix = hex.EncodeToString(sum[11:16])
 	}
 	return "msg_" + prefix + hex.EncodeToString(sum[:11])
 }
