@@ -18,7 +18,6 @@ import (
 	"github.com/buildbridge/buildbridge/sinks"
 	"github.com/buildbridge/buildbridge/sinks/delivery"
 	"github.com/buildbridge/buildbridge/sinks/webhook"
-	"github.com/buildbridge/buildbridge/store"
 )
 
 func init() { mounts = append(mounts, mountDeliveries) }
@@ -56,13 +55,9 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	}
 	d = &deliveries{h: h, rules: mgr}
 	h.emit = d.emit
-	node, err := nodeID(h.cfg.Data)
-	if err != nil {
-		return fmt.Errorf("node id in the data directory (setting data): %w", err)
-	}
 	d.engine, err = delivery.New(delivery.Config{
 		Store: h.store, Emit: d.emit, Logger: h.log, Registerer: h.reg,
-		NodeID: node, LeaseTTL: h.cfg.Deliveries.LeaseTTL,
+		NodeID: h.node, LeaseTTL: h.cfg.Deliveries.LeaseTTL,
 		NewSink: func(c *sinks.Config) (sinks.Sink, error) {
 			if c.Type == webhook.Type.Name {
 				return webhook.NewSink(c, webhook.Options{Allow: allow, UserAgent: "buildbridge-webhook/" + version, Secrets: secrets})
@@ -136,20 +131,6 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 		d.engine.Close()
 	})
 	return nil
-}
-
-// nodeID names this node in the deliveries' leases: kept in the data
-// directory, so that a restarted node takes back at once the deliveries
-// it held (nodes sharing a store each have a data directory of their
-// own). Without a data directory it is made anew at each start.
-func nodeID(dir string) (string, error) {
-	if dir == "" {
-		return store.NewNodeID(), nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	return persistentSecret(dir, "node-id", "", func() (string, error) { return store.NewNodeID(), nil })
 }
 
 // consume persists the deliveries of a batch of events in one Enqueue

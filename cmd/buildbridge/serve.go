@@ -226,6 +226,21 @@ func (h *hub) routes() {
 	h.mux.Handle("/", h.api) // JSON 404s for everything else
 }
 
+// nodeID reads this node's id (hub.node) from the data directory, making
+// it on first start: kept there, a restarted node takes back at once the
+// builds and deliveries it held (nodes sharing a store each have a data
+// directory of their own). Without a data directory it is made anew at
+// each start.
+func nodeID(dir string) (string, error) {
+	if dir == "" {
+		return store.NewNodeID(), nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return persistentSecret(dir, "node-id", "", func() (string, error) { return store.NewNodeID(), nil })
+}
+
 // readyz answers 200 while the store and the bus answer, 503 naming what
 // fails otherwise. It checks them afresh at every call, so a node that
 // lost PostgreSQL or NATS is ready again as soon as they are back (the
