@@ -28,6 +28,15 @@ type hotQuery struct {
 	write bool
 }
 
+// literal is the query's text with its arguments written in.
+func (q hotQuery) literal() string {
+	text := q.sql
+	for i := len(q.args); i >= 1; i-- {
+		text = strings.ReplaceAll(text, "$"+strconv.Itoa(i), q.args[i-1])
+	}
+	return text
+}
+
 // Fixed points of the seeded data (see seed).
 const (
 	seedProjects = 1000
@@ -322,10 +331,7 @@ var prepared int
 // prepared statements are, leaving PostgreSQL's plan cache to choose;
 // "generic" forces the generic plan.
 func explain(ctx context.Context, c *sql.Conn, q hotQuery, mode string) (plan, error) {
-	text := q.sql
-	for i := len(q.args); i >= 1; i-- {
-		text = strings.ReplaceAll(text, "$"+strconv.Itoa(i), q.args[i-1])
-	}
+	text := q.literal()
 	inTx := func(stmt string, f func() error) error {
 		if q.write {
 			if _, err := c.ExecContext(ctx, `BEGIN`); err != nil {
@@ -384,26 +390,37 @@ func explain(ctx context.Context, c *sql.Conn, q hotQuery, mode string) (plan, e
 		if err := inTx(stmt, func() error { return c.QueryRowContext(ctx, stmt).Scan(&out) }); err != nil {
 			return plan{}, err
 		}
-		var doc []struct {
-			Plan          map[string]any `json:"Plan"`
-			Planning      float64        `json:"Planning Time"`
-			ExecutionTime float64        `json:"Execution Time"`
+		p, err := decodeExplain(out)
+		if err != nil {
+			return plan{}, err
 		}
-		if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc) != 1 {
-			return plan{}, fmt.Errorf("explain output: %v", err)
-		}
-		times = append(times, doc[0].ExecutionTime)
-		last = plan{planMS: doc[0].Planning}
-		var nodes []string
-		walkPlan(doc[0].Plan, &nodes, &last)
-		last.shape = strings.Join(nodes, " › ")
-		hit, _ := doc[0].Plan["Shared Hit Blocks"].(float64)
-		read, _ := doc[0].Plan["Shared Read Blocks"].(float64)
-		last.buffers = int64(hit + read)
+		times = append(times, p.exec)
+		last = p
 	}
 	slices.Sort(times)
 	last.exec = times[len(times)/2]
 	return last, nil
+}
+
+// decodeExplain reads one EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) output:
+// its execution time, planning time, top node's buffers and plan shape.
+func decodeExplain(out string) (plan, error) {
+	var doc []struct {
+		Plan          map[string]any `json:"Plan"`
+		Planning      float64        `json:"Planning Time"`
+		ExecutionTime float64        `json:"Execution Time"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc) != 1 {
+		return plan{}, fmt.Errorf("explain output: %v", err)
+	}
+	p := plan{exec: doc[0].ExecutionTime, planMS: doc[0].Planning}
+	var nodes []string
+	walkPlan(doc[0].Plan, &nodes, &p)
+	p.shape = strings.Join(nodes, " › ")
+	hit, _ := doc[0].Plan["Shared Hit Blocks"].(float64)
+	read, _ := doc[0].Plan["Shared Read Blocks"].(float64)
+	p.buffers = int64(hit + read)
+	return p, nil
 }
 
 // walkPlan lists the plan's nodes, depth first, with the index or table
@@ -495,11 +512,10 @@ func churn(ctx context.Context, c *sql.Conn, n int) error {
 	return nil
 }
 
+// explainOnce runs q once under EXPLAIN (ANALYZE, BUFFERS), in a
+// rolled-back transaction: a first run, before any cache is warm.
 func explainOnce(ctx context.Context, c *sql.Conn, q hotQuery) (plan, error) {
-	text := q.sql
-	for i := len(q.args); i >= 1; i-- {
-		text = strings.ReplaceAll(text, "$"+strconv.Itoa(i), q.args[i-1])
-	}
+	text := q.literal()
 	if _, err := c.ExecContext(ctx, `BEGIN`); err != nil {
 		return plan{}, err
 	}
@@ -508,16 +524,7 @@ func explainOnce(ctx context.Context, c *sql.Conn, q hotQuery) (plan, error) {
 	if err := c.QueryRowContext(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+text).Scan(&out); err != nil {
 		return plan{}, err
 	}
-	var doc []struct {
-		Plan          map[string]any `json:"Plan"`
-		ExecutionTime float64        `json:"Execution Time"`
-	}
-	if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc) != 1 {
-		return plan{}, fmt.Errorf("explain output: %v", err)
-	}
-	hit, _ := doc[0].Plan["Shared Hit Blocks"].(float64)
-	read, _ := doc[0].Plan["Shared Read Blocks"].(float64)
-	return plan{exec: doc[0].ExecutionTime, buffers: int64(hit + read)}, nil
+	return decodeExplain(out)
 }
 
 // retention times the batched deletes that would keep builds and
