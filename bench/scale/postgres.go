@@ -129,7 +129,6 @@ const (
 // plan is what one EXPLAIN (ANALYZE, BUFFERS) showed.
 type plan struct {
 	exec    float64 // ms, median of the runs
-	planMS  float64
 	buffers int64 // shared blocks hit + read, last run
 	shape   string
 	seqScan bool
@@ -332,7 +331,7 @@ var prepared int
 // "generic" forces the generic plan.
 func explain(ctx context.Context, c *sql.Conn, q hotQuery, mode string) (plan, error) {
 	text := q.literal()
-	inTx := func(stmt string, f func() error) error {
+	inTx := func(f func() error) error {
 		if q.write {
 			if _, err := c.ExecContext(ctx, `BEGIN`); err != nil {
 				return err
@@ -367,7 +366,7 @@ func explain(ctx context.Context, c *sql.Conn, q hotQuery, mode string) (plan, e
 		}
 		if mode == "auto" {
 			for range 10 {
-				if err := inTx(exec, func() error {
+				if err := inTx(func() error {
 					rows, err := c.QueryContext(ctx, exec)
 					if err != nil {
 						return err
@@ -387,7 +386,7 @@ func explain(ctx context.Context, c *sql.Conn, q hotQuery, mode string) (plan, e
 	var last plan
 	for range 5 {
 		var out string
-		if err := inTx(stmt, func() error { return c.QueryRowContext(ctx, stmt).Scan(&out) }); err != nil {
+		if err := inTx(func() error { return c.QueryRowContext(ctx, stmt).Scan(&out) }); err != nil {
 			return plan{}, err
 		}
 		p, err := decodeExplain(out)
@@ -403,17 +402,16 @@ func explain(ctx context.Context, c *sql.Conn, q hotQuery, mode string) (plan, e
 }
 
 // decodeExplain reads one EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) output:
-// its execution time, planning time, top node's buffers and plan shape.
+// its execution time, top node's buffers and plan shape.
 func decodeExplain(out string) (plan, error) {
 	var doc []struct {
 		Plan          map[string]any `json:"Plan"`
-		Planning      float64        `json:"Planning Time"`
 		ExecutionTime float64        `json:"Execution Time"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc) != 1 {
 		return plan{}, fmt.Errorf("explain output: %v", err)
 	}
-	p := plan{exec: doc[0].ExecutionTime, planMS: doc[0].Planning}
+	p := plan{exec: doc[0].ExecutionTime}
 	var nodes []string
 	walkPlan(doc[0].Plan, &nodes, &p)
 	p.shape = strings.Join(nodes, " › ")
