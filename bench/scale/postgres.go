@@ -129,7 +129,7 @@ const (
 // plan is what one EXPLAIN (ANALYZE, BUFFERS) showed.
 type plan struct {
 	exec    float64 // ms, median of the runs
-	buffers int64 // shared blocks hit + read, last run
+	buffers int64   // shared blocks hit + read, last run
 	shape   string
 	seqScan bool
 }
