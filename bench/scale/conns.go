@@ -199,22 +199,6 @@ func hexPort(addr string) int {
 	return int(n)
 }
 
-func procRSS(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			if f := strings.Fields(v); len(f) > 0 {
-				n, _ := strconv.ParseUint(f[0], 10, 64)
-				return n << 10
-			}
-		}
-	}
-	return 0
-}
-
 func tail(path string) string {
 	b, _ := os.ReadFile(path)
 	if len(b) > 2000 {

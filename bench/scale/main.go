@@ -37,6 +37,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -154,7 +155,7 @@ func main() {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	fmt.Printf("bench/scale: %s, %d CPUs, load average %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), numCPU(), loadAvg())
+	fmt.Printf("bench/scale: %s, %d CPUs, load average %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), loadAvg())
 	scenarios := []string{o.scenario}
 	if o.scenario == "all" {
 		scenarios = []string{"realtime", "view", "runners", "postgres", "node"}

@@ -112,10 +112,10 @@ func runNode() error {
 			ns := nc.Stats()
 			st := srv.Stats()
 			out := nodeStats{CPU: selfCPU(), InMsgs: ns.InMsgs, OutMsgs: ns.OutMsgs, InBytes: ns.InBytes, OutBytes: ns.OutBytes,
-				Conns: st.Connections, Channels: st.Channels, RSS: rssBytes()}
+				Conns: st.Connections, Channels: st.Channels, RSS: procRSS(os.Getpid())}
 			if c.GC {
 				out.Heap = heapAfterGC()
-				out.RSS = rssBytes()
+				out.RSS = procRSS(os.Getpid())
 			}
 			if c.View {
 				list, err := srv.Channels(appID, "private-")

@@ -218,8 +218,6 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-func numCPU() int { return runtime.NumCPU() }
-
 // raiseNoFile lifts the open-file limit to its hard limit: the
 // subscribers and runners each hold a connection.
 func raiseNoFile() {
@@ -240,16 +238,15 @@ func heapAfterGC() uint64 {
 	return m.HeapAlloc + m.StackInuse
 }
 
-// rssBytes is this process's resident set, from /proc/self/status.
-func rssBytes() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
+// procRSS is the resident set of process pid, from /proc/<pid>/status.
+func procRSS(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) > 0 {
+			if f := strings.Fields(v); len(f) > 0 {
 				n, _ := strconv.ParseUint(f[0], 10, 64)
 				return n << 10
 			}
