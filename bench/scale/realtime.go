@@ -44,12 +44,13 @@ func (c *cluster) stats(gc, view bool) ([]nodeStats, error) {
 	return out, errors.Join(errs...)
 }
 
-// startCluster starts k nodes and a publisher on one subject prefix.
-func startCluster(ctx context.Context, k int, prefix string) (*cluster, error) {
+// startCluster starts k nodes and a publisher on NATS at natsURL, on one
+// subject prefix.
+func startCluster(ctx context.Context, natsURL string, k int, prefix string) (*cluster, error) {
 	c := &cluster{}
 	for range k {
 		var r nodeReady
-		n, err := startChild(ctx, "node", &r, "-nats", childNATSFlag(), "-prefix", prefix)
+		n, err := startChild(ctx, "node", &r, "-nats", natsURL, "-prefix", prefix)
 		if err != nil {
 			c.stop()
 			return nil, err
@@ -57,7 +58,7 @@ func startCluster(ctx context.Context, k int, prefix string) (*cluster, error) {
 		c.nodes, c.addrs = append(c.nodes, n), append(c.addrs, r.Addr)
 	}
 	var r nodeReady
-	p, err := startChild(ctx, "publish", &r, "-nats", childNATSFlag(), "-prefix", prefix)
+	p, err := startChild(ctx, "publish", &r, "-nats", natsURL, "-prefix", prefix)
 	if err != nil {
 		c.stop()
 		return nil, err
@@ -65,11 +66,6 @@ func startCluster(ctx context.Context, k int, prefix string) (*cluster, error) {
 	c.pub = p
 	return c, nil
 }
-
-// natsFlag is the NATS URL the children are given (set by runRealtime).
-var natsFlag string
-
-func childNATSFlag() string { return natsFlag }
 
 // subscriber is one WebSocket client subscribed to one private channel.
 type subscriber struct {
@@ -164,7 +160,6 @@ type realtimeRun struct {
 }
 
 func runRealtime(ctx context.Context, o options) error {
-	natsFlag = o.natsURL
 	fmt.Printf("\n== realtime: hub nodes on NATS (%s), %d subscribers, %.0f events/s for %v, %d-byte events\n",
 		o.natsURL, o.subs, o.rate, o.duration, o.payload)
 	natsPID := 0
@@ -213,7 +208,7 @@ func runRealtime(ctx context.Context, o options) error {
 func realtimeOnce(ctx context.Context, o options, k, natsPID int) (realtimeRun, error) {
 	r := realtimeRun{K: k, Subs: o.subs}
 	prefix := fmt.Sprintf("bench.scale%d.realtime.", rand.Uint64())
-	c, err := startCluster(ctx, k, prefix)
+	c, err := startCluster(ctx, o.natsURL, k, prefix)
 	if err != nil {
 		return r, err
 	}

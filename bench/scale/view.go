@@ -26,11 +26,10 @@ const subsPerCounts = 1024
 // private-user channel) publishes: counts messages with one channel
 // entry and one user entry per subscriber, numbered, and heartbeats.
 func runView(ctx context.Context, o options) error {
-	natsFlag = o.natsURL
 	fmt.Printf("\n== view: one node learns %d remote subscriptions (private-user-N, bound to user N) from a simulated peer, %d counts messages/s\n",
 		o.remote, o.viewRate)
 	prefix := fmt.Sprintf("bench.scale%d.view.", rand.Uint64())
-	c, err := startCluster(ctx, 1, prefix)
+	c, err := startCluster(ctx, o.natsURL, 1, prefix)
 	if err != nil {
 		return err
 	}
