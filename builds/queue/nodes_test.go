@@ -75,6 +75,39 @@ func nodeOf(t *testing.T, db *store.DB, id int64) string {
 	return *n
 }
 
+// waitNode waits until build id names node, failing with msg after within.
+func waitNode(t *testing.T, db *store.DB, id int64, node string, within time.Duration, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for nodeOf(t, db, id) != node {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// startNodeA runs node A (TestNodeHelperProcess) as a subprocess on the
+// schema of dsn, and returns what SIGKILLs it and waits for its end.
+func startNodeA(t *testing.T, dsn string) (kill func()) {
+	t.Helper()
+	a := exec.Command(os.Args[0], "-test.run=^TestNodeHelperProcess$")
+	a.Env = append(os.Environ(), "BUILDBRIDGE_QUEUE_HELPER_DSN="+dsn)
+	a.Stdout, a.Stderr = os.Stderr, os.Stderr
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	aDone := make(chan struct{})
+	go func() { a.Wait(); close(aDone) }()
+	t.Cleanup(func() { a.Process.Kill(); <-aDone })
+	return func() {
+		if err := a.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-aDone
+	}
+}
+
 func runQueue(t *testing.T, q *Queue) context.CancelFunc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -117,23 +150,8 @@ func TestRecoverLeavesLiveNodes(t *testing.T) {
 	b := queueOne(t, dbB)
 
 	const ttl = 2 * time.Second
-	a := exec.Command(os.Args[0], "-test.run=^TestNodeHelperProcess$")
-	a.Env = append(os.Environ(), "BUILDBRIDGE_QUEUE_HELPER_DSN="+dsn)
-	a.Stdout, a.Stderr = os.Stderr, os.Stderr
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	aDone := make(chan struct{})
-	go func() { a.Wait(); close(aDone) }()
-	t.Cleanup(func() { a.Process.Kill(); <-aDone })
-
-	deadline := time.Now().Add(15 * time.Second)
-	for nodeOf(t, dbB, b.ID) != "node-a" {
-		if time.Now().After(deadline) {
-			t.Fatal("node A did not claim the build")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	killA := startNodeA(t, dsn)
+	waitNode(t, dbB, b.ID, "node-a", 15*time.Second, "node A did not claim the build")
 	claimed, _ := dbB.Build(context.Background(), b.ID)
 
 	// Node B starts while A runs the build.
@@ -155,12 +173,9 @@ func TestRecoverLeavesLiveNodes(t *testing.T) {
 	}
 
 	// Node A dies.
-	if err := a.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-aDone
+	killA()
 	killed := time.Now()
-	deadline = killed.Add(ttl + 5*time.Second)
+	deadline := killed.Add(ttl + 5*time.Second)
 	for {
 		got, _ = dbB.Build(context.Background(), b.ID)
 		if got.State == builds.Finished {
@@ -206,13 +221,7 @@ func TestExpiredNodeCannotOverwrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	runQueue(t, qB) // recovers A's build (re-queued), then claims it
-	deadline := time.Now().Add(10 * time.Second)
-	for nodeOf(t, dbB, b.ID) != "node-b" {
-		if time.Now().After(deadline) {
-			t.Fatal("node B did not take the build over")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitNode(t, dbB, b.ID, "node-b", 10*time.Second, "node B did not take the build over")
 	taken, _ := dbB.Build(context.Background(), b.ID)
 	// Node A's build stops (it polls the build) and its result is dropped.
 	close(runA.release)
@@ -293,24 +302,9 @@ func TestRestartRecoversOwnBuilds(t *testing.T) {
 	dsn := storetest.PostgresDSN(t)
 	db := pgNode(t, dsn)
 	b := queueOne(t, db)
-	a := exec.Command(os.Args[0], "-test.run=^TestNodeHelperProcess$")
-	a.Env = append(os.Environ(), "BUILDBRIDGE_QUEUE_HELPER_DSN="+dsn)
-	a.Stdout, a.Stderr = os.Stderr, os.Stderr
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	aDone := make(chan struct{})
-	go func() { a.Wait(); close(aDone) }()
-	t.Cleanup(func() { a.Process.Kill(); <-aDone })
-	deadline := time.Now().Add(15 * time.Second)
-	for nodeOf(t, db, b.ID) != "node-a" {
-		if time.Now().After(deadline) {
-			t.Fatal("node A did not claim the build")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	a.Process.Signal(syscall.SIGKILL)
-	<-aDone
+	killA := startNodeA(t, dsn)
+	waitNode(t, db, b.ID, "node-a", 15*time.Second, "node A did not claim the build")
+	killA()
 	// Another node leaves it alone: the lease is still current.
 	other, err := New(Config{Store: db, Runner: &blockingRunner{release: make(chan struct{})}, Node: "node-b", NodeTTL: 2 * time.Second})
 	if err != nil {
