@@ -411,36 +411,33 @@ func (a *app) dropPeerLocked(p *peer) {
 }
 
 func (a *app) peerSubsLocked(p *peer, name string, n int) {
-	old := p.state.subs[name]
-	if n == old || n < 0 {
-		return
-	}
-	if n > 0 {
-		p.state.subs[name] = n
-	} else {
-		delete(p.state.subs, name)
-	}
-	if a.view.subs[name] += n - old; a.view.subs[name] <= 0 {
-		delete(a.view.subs, name)
-	}
-	if ch := a.channels[name]; ch != nil {
-		a.countChangedLocked(ch)
+	if setPeerCount(p.state.subs, a.view.subs, name, n) {
+		if ch := a.channels[name]; ch != nil {
+			a.countChangedLocked(ch)
+		}
 	}
 }
 
 func (a *app) peerOwnerLocked(p *peer, o string, n int) {
-	old := p.state.owners[o]
+	setPeerCount(p.state.owners, a.view.owners, o, n)
+}
+
+// setPeerCount sets a peer's count of key to n (0: none) in own and
+// moves the sum over peers with it; it reports whether the count changed.
+func setPeerCount(own, sum map[string]int, key string, n int) bool {
+	old := own[key]
 	if n == old || n < 0 {
-		return
+		return false
 	}
 	if n > 0 {
-		p.state.owners[o] = n
+		own[key] = n
 	} else {
-		delete(p.state.owners, o)
+		delete(own, key)
 	}
-	if a.view.owners[o] += n - old; a.view.owners[o] <= 0 {
-		delete(a.view.owners, o)
+	if sum[key] += n - old; sum[key] <= 0 {
+		delete(sum, key)
 	}
+	return true
 }
 
 // peerAddMemberLocked records uid as a member of the presence channel
