@@ -302,12 +302,19 @@ func (a *app) clusterReceive(m Message, now time.Time) (queued bool) {
 	case KindSnapshot:
 		a.snapshotPartLocked(p, m)
 	}
-	if !p.synced && p.pending == nil && now.Sub(p.asked) >= a.srv.cfg.Cluster.HeartbeatInterval {
-		p.asked = now
-		a.queueLocked(Message{Kind: KindHello, Target: p.id, Seq: a.seq})
-		queued = true
+	return a.askSnapshotLocked(p, now) || queued
+}
+
+// askSnapshotLocked queues a request for p's snapshot when p is out of
+// step, no snapshot is on its way and none was asked for within a
+// heartbeat; it reports whether it queued one.
+func (a *app) askSnapshotLocked(p *peer, now time.Time) bool {
+	if p.synced || p.pending != nil || now.Sub(p.asked) < a.srv.cfg.Cluster.HeartbeatInterval {
+		return false
 	}
-	return queued
+	p.asked = now
+	a.queueLocked(Message{Kind: KindHello, Target: p.id, Seq: a.seq})
+	return true
 }
 
 // applyChangeLocked applies one change of p.
@@ -536,16 +543,14 @@ func (a *app) clusterTick(now time.Time, heartbeat bool) {
 	if heartbeat {
 		a.queueLocked(Message{Kind: KindHeartbeat, Seq: a.seq})
 		queued = true
-		timeout, every := a.srv.cfg.Cluster.NodeTimeout, a.srv.cfg.Cluster.HeartbeatInterval
+		timeout := a.srv.cfg.Cluster.NodeTimeout
 		for _, p := range a.view.peers {
-			switch {
-			case now.Sub(p.seen) > timeout:
+			if now.Sub(p.seen) > timeout {
 				a.srv.log.Info("realtime: cluster node silent, dropped from the view", "app", a.cfg.ID,
 					"node", p.id, "silent_for", now.Sub(p.seen).Round(time.Millisecond))
 				a.dropPeerLocked(p)
-			case !p.synced && p.pending == nil && now.Sub(p.asked) >= every:
-				p.asked = now
-				a.queueLocked(Message{Kind: KindHello, Target: p.id, Seq: a.seq})
+			} else {
+				a.askSnapshotLocked(p, now)
 			}
 		}
 	}
