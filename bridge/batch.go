@@ -2,15 +2,12 @@ package bridge
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/buildbridge/buildbridge/event"
 )
@@ -139,7 +136,7 @@ func (b *Bridge) startBatch(c *batchConsumer) error {
 // subscription ends. A batch received is always finished: stop is only
 // looked at between batches.
 func (b *Bridge) batchLoop(ctx context.Context, c *batchConsumer, ch <-chan []*message.Message, stop <-chan struct{}) {
-	m := b.batchMetrics(c.name)
+	m, size := b.consumerMetrics(c.name), b.m.batchSize.WithLabelValues(c.name)
 	for {
 		select {
 		case <-stop:
@@ -151,6 +148,7 @@ func (b *Bridge) batchLoop(ctx context.Context, c *batchConsumer, ch <-chan []*m
 			if !ok {
 				return
 			}
+			size.Observe(float64(len(msgs)))
 			b.handleBatch(ctx, c, m, msgs)
 		case <-stop:
 			return
@@ -158,45 +156,16 @@ func (b *Bridge) batchLoop(ctx context.Context, c *batchConsumer, ch <-chan []*m
 	}
 }
 
-// consumerMetrics are one consumer's series.
-type consumerMetrics struct {
-	errs      prometheus.Counter
-	took, age prometheus.Observer
-	size      prometheus.Observer
-	malformed prometheus.Counter
-}
-
-func (b *Bridge) batchMetrics(name string) consumerMetrics {
-	return consumerMetrics{
-		errs:      b.m.consumerErrors.WithLabelValues(name),
-		took:      b.m.consumerTime.WithLabelValues(name),
-		age:       b.m.eventAge.WithLabelValues(name),
-		size:      b.m.batchSize.WithLabelValues(name),
-		malformed: b.m.malformed.WithLabelValues("consumer-" + name),
-	}
-}
-
 // handleBatch decodes a batch, hands its events to the consumer in one
 // call, and acknowledges the messages, or refuses them all when the
 // consumer failed. Malformed messages are acknowledged either way.
 func (b *Bridge) handleBatch(ctx context.Context, c *batchConsumer, m consumerMetrics, msgs []*message.Message) {
-	m.size.Observe(float64(len(msgs)))
 	evs := make([]event.Envelope, 0, len(msgs))
 	ok := make([]bool, len(msgs)) // decoded: acked or nacked with the batch
-	now := time.Now()
 	for i, msg := range msgs {
-		var ev event.Envelope
-		if err := json.Unmarshal(msg.Payload, &ev); err != nil || ev.ID == "" {
-			if err == nil {
-				err = errors.New("no id")
-			}
-			m.malformed.Inc()
-			b.log.Error("malformed event dropped", "consumer", c.name, "message_uuid", msg.UUID, "err", err,
-				"payload", truncate(msg.Payload, 512))
+		ev, decoded := b.decodeEvent(c.name, m, msg)
+		if !decoded {
 			continue
-		}
-		if !ev.Time.IsZero() {
-			m.age.Observe(now.Sub(ev.Time).Seconds())
 		}
 		ok[i] = true
 		evs = append(evs, ev)

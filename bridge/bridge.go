@@ -256,34 +256,57 @@ func (b *Bridge) release(name string) {
 }
 
 func (b *Bridge) consume(name string, fn Consumer) message.NoPublishHandlerFunc {
-	errs := b.m.consumerErrors.WithLabelValues(name)
-	took := b.m.consumerTime.WithLabelValues(name)
-	age := b.m.eventAge.WithLabelValues(name)
-	malformed := b.m.malformed.WithLabelValues("consumer-" + name)
+	m := b.consumerMetrics(name)
 	return func(msg *message.Message) error {
-		var ev event.Envelope
-		if err := json.Unmarshal(msg.Payload, &ev); err != nil || ev.ID == "" {
-			if err == nil {
-				err = errors.New("no id")
-			}
-			malformed.Inc()
-			b.log.Error("malformed event dropped", "consumer", name, "message_uuid", msg.UUID, "err", err,
-				"payload", truncate(msg.Payload, 512))
+		ev, ok := b.decodeEvent(name, m, msg)
+		if !ok {
 			return nil
-		}
-		if !ev.Time.IsZero() {
-			age.Observe(time.Since(ev.Time).Seconds())
 		}
 		start := time.Now()
 		err := fn(msg.Context(), ev)
-		took.Observe(time.Since(start).Seconds())
+		m.took.Observe(time.Since(start).Seconds())
 		if err != nil {
-			errs.Inc()
+			m.errs.Inc()
 			// The router logs it and nacks the message.
 			return fmt.Errorf("consumer %s: event %s: %w", name, ev.ID, err)
 		}
 		return nil
 	}
+}
+
+// consumerMetrics are one consumer's series.
+type consumerMetrics struct {
+	errs, malformed prometheus.Counter
+	took, age       prometheus.Observer
+}
+
+func (b *Bridge) consumerMetrics(name string) consumerMetrics {
+	return consumerMetrics{
+		errs:      b.m.consumerErrors.WithLabelValues(name),
+		malformed: b.m.malformed.WithLabelValues("consumer-" + name),
+		took:      b.m.consumerTime.WithLabelValues(name),
+		age:       b.m.eventAge.WithLabelValues(name),
+	}
+}
+
+// decodeEvent decodes the event a consumer receives and observes its age.
+// A malformed event is logged and counted, and reported not ok: the
+// caller acknowledges it without handing it over.
+func (b *Bridge) decodeEvent(name string, m consumerMetrics, msg *message.Message) (event.Envelope, bool) {
+	var ev event.Envelope
+	if err := json.Unmarshal(msg.Payload, &ev); err != nil || ev.ID == "" {
+		if err == nil {
+			err = errors.New("no id")
+		}
+		m.malformed.Inc()
+		b.log.Error("malformed event dropped", "consumer", name, "message_uuid", msg.UUID, "err", err,
+			"payload", truncate(msg.Payload, 512))
+		return ev, false
+	}
+	if !ev.Time.IsZero() {
+		m.age.Observe(time.Since(ev.Time).Seconds())
+	}
+	return ev, true
 }
 
 // Run runs the router and the batch consumers until ctx is done or Close
