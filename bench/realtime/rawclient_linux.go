@@ -4,7 +4,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -211,27 +210,6 @@ func (l *frameReader) consumePending() {
 // only has to be unpredictable to intermediaries, and there are none on
 // loopback.
 var pongFrame = maskedFrame(0x1, pusherPong)
-
-func maskedFrame(op byte, p []byte) []byte {
-	b := make([]byte, 0, len(p)+14)
-	b = append(b, 0x80|op)
-	switch n := len(p); {
-	case n <= 125:
-		b = append(b, 0x80|byte(n))
-	case n <= 0xffff:
-		b = append(b, 0x80|126, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x80|127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	var mask [4]byte
-	_, _ = rand.Read(mask[:])
-	b = append(b, mask[:]...)
-	for i, x := range p {
-		b = append(b, x^mask[i&3])
-	}
-	return b
-}
 
 // dialAll dials and subscribes every connection (32 at a time), waits for
 // each subscription to succeed and takes its socket from the Go runtime

@@ -127,6 +127,16 @@ func (c *wsConn) writeText(p []byte) error { return c.writeFrame(0x1, p) }
 
 // writeFrame writes one final, masked frame.
 func (c *wsConn) writeFrame(op byte, p []byte) error {
+	b := maskedFrame(op, p)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// maskedFrame is one final frame of opcode op with payload p, masked as a
+// client must.
+func maskedFrame(op byte, p []byte) []byte {
 	b := make([]byte, 0, len(p)+14)
 	b = append(b, 0x80|op)
 	switch n := len(p); {
@@ -144,10 +154,7 @@ func (c *wsConn) writeFrame(op byte, p []byte) error {
 	for i, x := range p {
 		b = append(b, x^mask[i&3])
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_, err := c.nc.Write(b)
-	return err
+	return b
 }
 
 func (c *wsConn) Close() error { return c.nc.Close() }
