@@ -43,9 +43,6 @@ type nodeStats struct {
 	// Heap is the live heap and stacks after GC (only when asked).
 	Heap uint64 `json:"heap"`
 	RSS  uint64 `json:"rss"`
-	// Conns and Channels are this node's own.
-	Conns    int `json:"conns"`
-	Channels int `json:"channels"`
 	// ViewChannels counts the occupied channels of the whole cluster as
 	// this node sees them (only when asked).
 	ViewChannels int `json:"view_channels"`
@@ -110,9 +107,8 @@ func runNode() error {
 				return nil, err
 			}
 			ns := nc.Stats()
-			st := srv.Stats()
 			out := nodeStats{CPU: selfCPU(), InMsgs: ns.InMsgs, OutMsgs: ns.OutMsgs, InBytes: ns.InBytes, OutBytes: ns.OutBytes,
-				Conns: st.Connections, Channels: st.Channels, RSS: procRSS(os.Getpid())}
+				RSS: procRSS(os.Getpid())}
 			if c.GC {
 				out.Heap = heapAfterGC()
 				out.RSS = procRSS(os.Getpid())
@@ -162,7 +158,6 @@ type publishCmd struct {
 type publishResult struct {
 	Sent     int           `json:"sent"`
 	CPU      time.Duration `json:"cpu_ns"`
-	OutMsgs  uint64        `json:"out_msgs"`
 	OutBytes uint64        `json:"out_bytes"`
 	Elapsed  time.Duration `json:"elapsed_ns"`
 }
@@ -216,7 +211,7 @@ func runPublisher() error {
 			return nil, err
 		}
 		s1 := nc.Stats()
-		return publishResult{Sent: sent, CPU: selfCPU() - cpu0, OutMsgs: s1.OutMsgs - s0.OutMsgs, OutBytes: s1.OutBytes - s0.OutBytes,
+		return publishResult{Sent: sent, CPU: selfCPU() - cpu0, OutBytes: s1.OutBytes - s0.OutBytes,
 			Elapsed: time.Since(start)}, nil
 	})
 }

@@ -143,10 +143,9 @@ func dialSubscriber(ctx context.Context, node *child, addr, user string, wg *syn
 
 // realtimeRun is one K's figures.
 type realtimeRun struct {
-	K, Subs                  int
+	K                        int
 	Events                   int
 	Received                 int64
-	IdleSecs                 float64
 	IdleOutMsgs, IdleInMsgs  float64 // per node per second
 	IdleOutBytes, IdleCPUPct float64 // per node per second; % of one core
 	PubCPU, PubBytes         float64 // µs and bytes per event
@@ -206,7 +205,7 @@ func runRealtime(ctx context.Context, o options) error {
 }
 
 func realtimeOnce(ctx context.Context, o options, k, natsPID int) (realtimeRun, error) {
-	r := realtimeRun{K: k, Subs: o.subs}
+	r := realtimeRun{K: k}
 	prefix := fmt.Sprintf("bench.scale%d.realtime.", rand.Uint64())
 	c, err := startCluster(ctx, o.natsURL, k, prefix)
 	if err != nil {
@@ -288,7 +287,6 @@ func realtimeOnce(ctx context.Context, o options, k, natsPID int) (realtimeRun, 
 		return r, err
 	}
 	idle := time.Since(t0).Seconds()
-	r.IdleSecs = idle
 	idleRate := make([]float64, k) // CPU seconds per second, per node
 	for n := range k {
 		r.IdleOutMsgs += float64(i1[n].OutMsgs-i0[n].OutMsgs) / idle / float64(k)

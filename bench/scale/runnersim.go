@@ -36,7 +36,6 @@ type simResult struct {
 	Errors  int           `json:"errors"` // transport errors
 	P50     time.Duration `json:"p50_ns"`
 	P99     time.Duration `json:"p99_ns"`
-	Max     time.Duration `json:"max_ns"`
 	Elapsed time.Duration `json:"elapsed_ns"`
 }
 
@@ -175,9 +174,6 @@ func runRunnerSim() error {
 		res.Elapsed = time.Since(start)
 		slices.Sort(lats)
 		res.P50, res.P99 = percentile(lats, 0.5), percentile(lats, 0.99)
-		if len(lats) > 0 {
-			res.Max = lats[len(lats)-1]
-		}
 		return res, nil
 	})
 }
