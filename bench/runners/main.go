@@ -44,6 +44,9 @@ func main() {
 }
 
 func run(n, runners, nodes int, pg string, timeout time.Duration) error {
+	if nodes < 1 || (nodes > 1 && pg == "") {
+		return fmt.Errorf("-nodes %d: want 1, or more with -postgres (SQLite is one node)", nodes)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "bench-runners-")
@@ -57,9 +60,6 @@ func run(n, runners, nodes int, pg string, timeout time.Duration) error {
 		return err
 	}
 	defer s.Close()
-	if nodes < 1 || (nodes > 1 && pg == "") {
-		return fmt.Errorf("-nodes %d: want 1, or more with -postgres (SQLite is one node)", nodes)
-	}
 	// Each node is what a serve process brings to the runner protocol: a
 	// store pool of its own and a hub on its own listener.
 	bases := make([]string, nodes)
