@@ -178,10 +178,10 @@ func (a *app) ownerChangedLocked(owner string) {
 	}
 }
 
-// flushCountsLocked queues the changed counts; it reports whether it did.
-func (a *app) flushCountsLocked() bool {
+// flushCountsLocked queues the changed counts.
+func (a *app) flushCountsLocked() {
 	if len(a.subsDirty) == 0 && len(a.ownersDirty) == 0 {
-		return false
+		return
 	}
 	m := Message{Kind: KindCounts}
 	n := 0
@@ -213,7 +213,6 @@ func (a *app) flushCountsLocked() bool {
 	}
 	clear(a.subsDirty)
 	clear(a.ownersDirty)
-	return true
 }
 
 // snapshotLocked queues this node's whole state, in parts.
@@ -534,15 +533,13 @@ func (a *app) memberCountLocked(name string, ch *channel) int {
 // drops the nodes not heard from. It runs on the cluster loop.
 func (a *app) clusterTick(now time.Time, heartbeat bool) {
 	a.mu.Lock()
-	queued := a.flushCountsLocked()
+	a.flushCountsLocked()
 	if a.snapshotWanted {
 		a.snapshotWanted = false
 		a.snapshotLocked()
-		queued = true
 	}
 	if heartbeat {
 		a.queueLocked(Message{Kind: KindHeartbeat, Seq: a.seq})
-		queued = true
 		timeout := a.srv.cfg.Cluster.NodeTimeout
 		for _, p := range a.view.peers {
 			if now.Sub(p.seen) > timeout {
@@ -554,7 +551,8 @@ func (a *app) clusterTick(now time.Time, heartbeat bool) {
 			}
 		}
 	}
-	queued = queued || len(a.out) > 0
+	// Everything above queues into a.out, and so may clusterReceive.
+	queued := len(a.out) > 0
 	a.mu.Unlock()
 	if queued {
 		a.flushOut()
