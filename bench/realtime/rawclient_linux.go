@@ -211,38 +211,18 @@ func (l *frameReader) consumePending() {
 // loopback.
 var pongFrame = maskedFrame(0x1, pusherPong)
 
-// dialAll dials and subscribes every connection (32 at a time), waits for
-// each subscription to succeed and takes its socket from the Go runtime
-// into conns[i].
+// dialAll dials and subscribes every connection, waits for each
+// subscription to succeed and takes its socket from the Go runtime into
+// conns[i].
 func dialAll(cfg workerConfig, conns []sockConn) error {
-	idx := make(chan int)
-	var dialErr atomic.Pointer[error]
-	var dialers sync.WaitGroup
-	for range 32 {
-		dialers.Go(func() {
-			for i := range idx {
-				fd, pend, err := dialDetached(cfg, i)
-				if err != nil {
-					err = fmt.Errorf("connection %d: %w", i, err)
-					dialErr.CompareAndSwap(nil, &err)
-					continue
-				}
-				conns[i] = sockConn{fd: fd, pend: pend}
-			}
-		})
-	}
-	for i := range cfg.Conns {
-		if dialErr.Load() != nil {
-			break
+	return dialEach(cfg.Conns, func(i int) error {
+		fd, pend, err := dialDetached(cfg, i)
+		if err != nil {
+			return err
 		}
-		idx <- i
-	}
-	close(idx)
-	dialers.Wait()
-	if p := dialErr.Load(); p != nil {
-		return *p
-	}
-	return nil
+		conns[i] = sockConn{fd: fd, pend: pend}
+		return nil
+	})
 }
 
 // dialDetached dials and subscribes connection i, awaits the subscription

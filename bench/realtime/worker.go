@@ -62,41 +62,23 @@ func runWorker(cfg workerConfig) error {
 	var errs, pongs atomic.Int64
 	conns := make([]*wsConn, cfg.Conns)
 	ready := make(chan error, cfg.Conns)
-	var readers, dialers sync.WaitGroup
+	var readers sync.WaitGroup
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	idx := make(chan int)
-	var dialErr atomic.Pointer[error]
-	for range 32 { // bounded dial concurrency
-		dialers.Add(1)
-		go func() {
-			defer dialers.Done()
-			for i := range idx {
-				ws, err := dialAndSubscribe(cfg, i)
-				if err != nil {
-					err = fmt.Errorf("connection %d: %w", i, err)
-					dialErr.CompareAndSwap(nil, &err)
-					ready <- err
-					continue
-				}
-				conns[i] = ws
-				readers.Add(1)
-				go func() {
-					defer readers.Done()
-					readEvents(ctx, ws, &h, &errs, &pongs, ready)
-				}()
-			}
-		}()
-	}
-	for i := range cfg.Conns {
-		if dialErr.Load() != nil {
-			break
+	err := dialEach(cfg.Conns, func(i int) error {
+		ws, err := dialAndSubscribe(cfg, i)
+		if err != nil {
+			return err
 		}
-		idx <- i
-	}
-	close(idx)
-	dialers.Wait()
-	if p := dialErr.Load(); p != nil {
+		conns[i] = ws
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			readEvents(ctx, ws, &h, &errs, &pongs, ready)
+		}()
+		return nil
+	})
+	if err != nil {
 		cancel()
 		for _, ws := range conns {
 			if ws != nil {
@@ -104,7 +86,7 @@ func runWorker(cfg workerConfig) error {
 			}
 		}
 		readers.Wait()
-		return *p
+		return err
 	}
 	for range cfg.Conns {
 		if err := <-ready; err != nil {
@@ -130,6 +112,37 @@ func runWorker(cfg workerConfig) error {
 	return json.NewEncoder(os.Stdout).Encode(summary{Client: clientGoroutines, Connected: cfg.Conns, Received: h.n.Load(),
 		P50NS: int64(h.quantile(0.50)), P99NS: int64(h.quantile(0.99)), MaxNS: h.max.Load(), Errors: errs.Load(),
 		Pongs: pongs.Load(), CPUNS: int64(cpu)})
+}
+
+// dialEach calls dial for connections 0..n-1, 32 at a time (bounded dial
+// concurrency), stops handing out connections after the first error and
+// returns that error.
+func dialEach(n int, dial func(i int) error) error {
+	idx := make(chan int)
+	var dialErr atomic.Pointer[error]
+	var dialers sync.WaitGroup
+	for range 32 {
+		dialers.Go(func() {
+			for i := range idx {
+				if err := dial(i); err != nil {
+					err = fmt.Errorf("connection %d: %w", i, err)
+					dialErr.CompareAndSwap(nil, &err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		if dialErr.Load() != nil {
+			break
+		}
+		idx <- i
+	}
+	close(idx)
+	dialers.Wait()
+	if p := dialErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // dialAndSubscribe connects connection i and sends its subscription; the
