@@ -76,12 +76,8 @@ func (b *Bridge) AddBatchConsumer(name string, fn BatchConsumer) error {
 	if fn == nil {
 		return fmt.Errorf("bridge: consumer %q: nil function", name)
 	}
-	if err := b.reserve(name); err != nil {
-		return err
-	}
-	sub, err := b.subscriber(name, event.TopicBuildStateChanged)
+	sub, err := b.claim(name)
 	if err != nil {
-		b.release(name)
 		return err
 	}
 	bsub, ok := sub.(batchSubscriber)

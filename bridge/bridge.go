@@ -200,12 +200,8 @@ func (b *Bridge) AddConsumer(name string, fn Consumer) error {
 	if fn == nil {
 		return fmt.Errorf("bridge: consumer %q: nil function", name)
 	}
-	if err := b.reserve(name); err != nil {
-		return err
-	}
-	sub, err := b.subscriber(name, event.TopicBuildStateChanged)
+	sub, err := b.claim(name)
 	if err != nil {
-		b.release(name)
 		return err
 	}
 	b.router.AddConsumerHandler("consumer-"+name, event.TopicBuildStateChanged, sub, b.consume(name, fn))
@@ -228,11 +224,11 @@ func (b *Bridge) AddConsumer(name string, fn Consumer) error {
 	return nil
 }
 
-// reserve claims a consumer name: names are durable consumers, so each is
-// used once.
-func (b *Bridge) reserve(name string) error {
+// claim reserves a consumer name (names are durable consumers, so each
+// is used once) and makes its subscriber of build-state-changed events.
+func (b *Bridge) claim(name string) (message.Subscriber, error) {
 	if name == "" {
-		return errors.New("bridge: consumer name is empty")
+		return nil, errors.New("bridge: consumer name is empty")
 	}
 	b.mu.Lock()
 	dup, closed := b.consumers[name], b.closed
@@ -242,11 +238,16 @@ func (b *Bridge) reserve(name string) error {
 	b.mu.Unlock()
 	switch {
 	case closed:
-		return errors.New("bridge: closed")
+		return nil, errors.New("bridge: closed")
 	case dup:
-		return fmt.Errorf("bridge: consumer %q added twice", name)
+		return nil, fmt.Errorf("bridge: consumer %q added twice", name)
 	}
-	return nil
+	sub, err := b.subscriber(name, event.TopicBuildStateChanged)
+	if err != nil {
+		b.release(name)
+		return nil, err
+	}
+	return sub, nil
 }
 
 func (b *Bridge) release(name string) {
