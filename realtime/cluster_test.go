@@ -19,10 +19,7 @@ import (
 func TestClusterOnSharedBroker(t *testing.T) {
 	b := NewMemoryBroker()
 	node := func() (*Server, *client, *client) {
-		s, hs := newTestServer(t, func(c *Config) {
-			c.Broker = b
-			c.WriteTimeout = 200 * time.Millisecond // sweeps every 50ms
-		})
+		s, hs, _ := clusterNode(t, b, nil)
 		return s, dial(t, hs), dial(t, hs)
 	}
 	sa, a1, a2 := node()
@@ -42,13 +39,7 @@ func TestClusterOnSharedBroker(t *testing.T) {
 	// A presence member joining on A is announced once on B.
 	b1.subscribeOK("presence-x", `{"user_id":"bee"}`)
 	a1.subscribeOK("presence-x", `{"user_id":"ay"}`)
-	var added struct {
-		UserID string `json:"user_id"`
-	}
-	b1.expect("pusher_internal:member_added").decode(t, &added)
-	if added.UserID != "ay" {
-		t.Fatalf("member_added %+v", added)
-	}
+	expectMember(t, b1, "pusher_internal:member_added", "ay", "")
 	b1.sync()
 
 	// Subscriptions of one user's sockets on both nodes are counted on
