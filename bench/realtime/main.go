@@ -226,23 +226,16 @@ func run(o options) error {
 		fmt.Printf("client worker (%s): errors=%d pings answered=%d\n", sum.Client, sum.Errors, sum.Pongs)
 		return nil
 	default:
-		if o.cpuprof != "" {
-			f, err := os.Create(o.cpuprof)
-			if err != nil {
-				return err
-			}
-			if err := pprof.StartCPUProfile(f); err != nil {
-				return err
-			}
-		}
-		cpu0 := cpuTime()
-		sent, err := publishLoop(o, t, prefix, channels)
+		stopProf, err := startCPUProfile(o.cpuprof)
 		if err != nil {
 			return err
 		}
+		cpu0 := cpuTime()
+		sent, err := publishLoop(o, t, prefix, channels)
 		cpu := cpuTime() - cpu0
-		if o.cpuprof != "" {
-			pprof.StopCPUProfile()
+		stopProf()
+		if err != nil {
+			return err
 		}
 		who := "server process"
 		if t.srv == nil {
