@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -32,16 +31,11 @@ func runNodeConns(ctx context.Context, o options) error {
 	var raw [4]byte
 	rand.Read(raw[:])
 	tag := hex.EncodeToString(raw[:])
-	dsn, _, drop, err := privateSchema(ctx, o.pgDSN, "bbscale_node_", "bbscale-node-"+tag)
+	sc, err := privateSchema(ctx, o.pgDSN, "bbscale_node_", "bbscale-node-"+tag)
 	if err != nil {
 		return err
 	}
-	defer drop()
-	admin, err := sql.Open("pgx", o.pgDSN)
-	if err != nil {
-		return err
-	}
-	defer admin.Close()
+	defer sc.drop()
 	dir, err := os.MkdirTemp("", "bench-scale-node-")
 	if err != nil {
 		return err
@@ -59,7 +53,7 @@ func runNodeConns(ctx context.Context, o options) error {
 	}
 	defer logf.Close()
 	cmd := exec.Command(o.bin, "serve", "--addr", addr, "--data", dir, "--log-level", "warn")
-	cmd.Env = append(os.Environ(), "BUILDBRIDGE_CONFIG=", "BUILDBRIDGE_POSTGRES="+dsn, "BUILDBRIDGE_NATS_URL="+o.natsURL,
+	cmd.Env = append(os.Environ(), "BUILDBRIDGE_CONFIG=", "BUILDBRIDGE_POSTGRES="+sc.dsn, "BUILDBRIDGE_NATS_URL="+o.natsURL,
 		"BUILDBRIDGE_NATS_NAMESPACE=bbscale"+tag)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -108,7 +102,7 @@ func runNodeConns(ctx context.Context, o options) error {
 		return
 	}
 	backendCPU := func(ports map[int]bool) time.Duration {
-		rows, err := admin.QueryContext(ctx, `SELECT pid, client_port FROM pg_stat_activity WHERE client_port IS NOT NULL`)
+		rows, err := sc.admin.QueryContext(ctx, `SELECT pid, client_port FROM pg_stat_activity WHERE client_port IS NOT NULL`)
 		if err != nil {
 			return 0
 		}

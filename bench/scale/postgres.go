@@ -138,15 +138,16 @@ func runPostgres(ctx context.Context, o options) error {
 	fmt.Printf("\n== postgres: hot queries at %v builds and as many deliveries (private schema, dropped after)\n", o.sizes)
 	var raw [4]byte
 	rand.Read(raw[:])
-	dsn, schema, drop, err := privateSchema(ctx, o.pgDSN, "bbscale_pg_", "bbscale-pg-"+hex.EncodeToString(raw[:]))
+	sc, err := privateSchema(ctx, o.pgDSN, "bbscale_pg_", "bbscale-pg-"+hex.EncodeToString(raw[:]))
 	if err != nil {
 		return err
 	}
 	if o.keep {
-		drop = func() { fmt.Printf("schema %s kept\n", schema) }
+		defer func() { fmt.Printf("schema %s kept\n", sc.name); sc.admin.Close() }()
+	} else {
+		defer sc.drop()
 	}
-	defer drop()
-	s, err := store.Open(ctx, store.Config{Postgres: dsn, Logger: slog.New(slog.DiscardHandler), MaxOpenConns: 2})
+	s, err := store.Open(ctx, store.Config{Postgres: sc.dsn, Logger: slog.New(slog.DiscardHandler), MaxOpenConns: 2})
 	if err != nil {
 		return err
 	}
@@ -214,7 +215,7 @@ func runPostgres(ctx context.Context, o options) error {
 			fmt.Printf("%s %8d  %s\n", line, last.buffers, last.shape)
 		}
 	}
-	if err := throughStore(ctx, dsn, have); err != nil {
+	if err := throughStore(ctx, sc.dsn, have); err != nil {
 		return fmt.Errorf("through the store: %w", err)
 	}
 	if err := churn(ctx, conn, have); err != nil {

@@ -26,39 +26,50 @@ import (
 	"github.com/buildbridge/buildbridge/store"
 )
 
-// privateSchema creates a schema of its own on dsn's database and returns
-// a DSN whose search_path is that schema (with application_name set to
-// app), and a function that drops it.
-func privateSchema(ctx context.Context, dsn, prefix, app string) (string, string, func(), error) {
+// pgSchema is a schema of a run's own on the benchmark's database.
+type pgSchema struct {
+	name string
+	// dsn is the database's DSN with search_path set to the schema and
+	// application_name to the run's.
+	dsn string
+	// admin is a pool on the database's own DSN, for the schema's
+	// creation and drop and for reading pg_stat_activity.
+	admin *sql.DB
+}
+
+// privateSchema creates a schema of its own on dsn's database; the
+// returned DSN sets application_name to app. drop releases it.
+func privateSchema(ctx context.Context, dsn, prefix, app string) (*pgSchema, error) {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return nil, err
+	}
 	admin, err := sql.Open("pgx", dsn)
 	if err != nil {
-		return "", "", nil, err
+		return nil, err
 	}
 	var raw [6]byte
 	rand.Read(raw[:])
 	schema := prefix + hex.EncodeToString(raw[:])
 	if _, err := admin.ExecContext(ctx, `CREATE SCHEMA `+schema); err != nil {
 		admin.Close()
-		return "", "", nil, fmt.Errorf("create schema: %w", err)
-	}
-	drop := func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if _, err := admin.ExecContext(dctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			fmt.Fprintf(os.Stderr, "bench/scale: drop schema %s: %v (drop it by hand)\n", schema, err)
-		}
-		admin.Close()
-	}
-	u, err := url.Parse(dsn)
-	if err != nil {
-		drop()
-		return "", "", nil, err
+		return nil, fmt.Errorf("create schema: %w", err)
 	}
 	q := u.Query()
 	q.Set("search_path", schema)
 	q.Set("application_name", app)
 	u.RawQuery = q.Encode()
-	return u.String(), schema, drop, nil
+	return &pgSchema{name: schema, dsn: u.String(), admin: admin}, nil
+}
+
+// drop drops the schema and closes the admin pool.
+func (s *pgSchema) drop() {
+	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := s.admin.ExecContext(dctx, `DROP SCHEMA `+s.name+` CASCADE`); err != nil {
+		fmt.Fprintf(os.Stderr, "bench/scale: drop schema %s: %v (drop it by hand)\n", s.name, err)
+	}
+	s.admin.Close()
 }
 
 // pgBackends sums the CPU of the PostgreSQL backends serving
@@ -115,19 +126,14 @@ func runRunners(ctx context.Context, o options) error {
 	var raw [4]byte
 	rand.Read(raw[:])
 	appName := "bbscale-hub-" + hex.EncodeToString(raw[:])
-	dsn, schema, drop, err := privateSchema(ctx, o.pgDSN, "bbscale_runners_", appName)
+	sc, err := privateSchema(ctx, o.pgDSN, "bbscale_runners_", appName)
 	if err != nil {
 		return err
 	}
-	defer drop()
-	admin, err := sql.Open("pgx", o.pgDSN)
-	if err != nil {
-		return err
-	}
-	defer admin.Close()
-	pg := &pgBackends{admin: admin, app: appName}
+	defer sc.drop()
+	pg := &pgBackends{admin: sc.admin, app: appName}
 	quiet := slog.New(slog.DiscardHandler)
-	s, err := store.Open(ctx, store.Config{Postgres: dsn, Logger: quiet})
+	s, err := store.Open(ctx, store.Config{Postgres: sc.dsn, Logger: quiet})
 	if err != nil {
 		return err
 	}
@@ -195,7 +201,7 @@ func runRunners(ctx context.Context, o options) error {
 	if err := sim.call(simCmd{Op: "tokens", Tokens: tokens}, nil); err != nil {
 		return err
 	}
-	fmt.Printf("schema %s: %d runners, %d queued builds (load %s)\n", schema, maxR, maxR, loadAvg())
+	fmt.Printf("schema %s: %d runners, %d queued builds (load %s)\n", sc.name, maxR, maxR, loadAvg())
 
 	measure := func(name string, cmd *simCmd, idle time.Duration) (phaseCost, error) {
 		pc := phaseCost{name: name}
