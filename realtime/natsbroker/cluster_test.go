@@ -57,8 +57,8 @@ func (c *wsClient) expectMember(event, user, info string) {
 func TestClusterViewOverNATS(t *testing.T) {
 	url := natsURL(t)
 	prefix := testPrefix()
-	a := newClusterNode(t, url, prefix, testCluster)
-	b := newClusterNode(t, url, prefix, testCluster)
+	a := newNode(t, url, prefix, testCluster)
+	b := newNode(t, url, prefix, testCluster)
 	const room = "presence-room"
 	api := &pusher.Client{AppID: appID, Key: key, Secret: secret, Host: strings.TrimPrefix(a.hs.URL, "http://")}
 
@@ -167,8 +167,8 @@ func TestClusterIdleTraffic(t *testing.T) {
 	cfg := func(c *realtime.Config) {
 		c.Cluster = realtime.ClusterConfig{HeartbeatInterval: beat, NodeTimeout: time.Second}
 	}
-	a := newClusterNode(t, url, prefix, cfg)
-	b := newClusterNode(t, url, prefix, cfg)
+	a := newNode(t, url, prefix, cfg)
+	b := newNode(t, url, prefix, cfg)
 	for i := range 30 {
 		for j, n := range []*node{a, b} {
 			c := n.dial(t)

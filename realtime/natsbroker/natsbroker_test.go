@@ -59,14 +59,9 @@ type node struct {
 	nc  *nats.Conn
 }
 
-func newNode(t *testing.T, url, prefix string) *node {
-	t.Helper()
-	return newClusterNode(t, url, prefix, nil)
-}
-
-// newClusterNode starts a node whose configuration mutate may change;
-// n.nc is its NATS connection.
-func newClusterNode(t *testing.T, url, prefix string, mutate func(*realtime.Config)) *node {
+// newNode starts a node whose configuration mutate, unless nil, may
+// change; n.nc is its NATS connection.
+func newNode(t *testing.T, url, prefix string, mutate func(*realtime.Config)) *node {
 	t.Helper()
 	nc := connect(t, url)
 	b, err := natsbroker.New(natsbroker.Config{Conn: nc, SubjectPrefix: prefix})
@@ -182,7 +177,7 @@ func (c *wsClient) subscribe(channel, channelData string) frame {
 func TestTwoNodesShareEvents(t *testing.T) {
 	url := natsURL(t)
 	prefix := testPrefix()
-	a, b := newNode(t, url, prefix), newNode(t, url, prefix)
+	a, b := newNode(t, url, prefix, nil), newNode(t, url, prefix, nil)
 
 	onB := b.dial(t)
 	onB.subscribe("builds", "")
@@ -217,32 +212,16 @@ func TestTwoNodesShareEvents(t *testing.T) {
 	// Presence: a member joining on A is announced on B.
 	onB.subscribe("presence-ops", `{"user_id":"b-user"}`)
 	onA.subscribe("presence-ops", `{"user_id":"a-user"}`)
-	var added struct {
-		UserID string `json:"user_id"`
-	}
-	_ = json.Unmarshal([]byte(onB.expect("pusher_internal:member_added").str()), &added)
-	if added.UserID != "a-user" {
-		t.Fatalf("member_added %+v", added)
-	}
+	onB.expectMember("pusher_internal:member_added", "a-user", "")
 
 	// Binding a socket that lives on B, from A.
 	if err := a.srv.BindSocket(appID, onB.socketID, "owner-9"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for b.srv.UserSubscriptions(appID, "owner-9") != 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("UserSubscriptions on B = %d, want 3", b.srv.UserSubscriptions(appID, "owner-9"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	// Node A counts them too, from B's reports (within a sweep: 1s).
-	for a.srv.UserSubscriptions(appID, "owner-9") != 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("UserSubscriptions on A = %d, want 3", a.srv.UserSubscriptions(appID, "owner-9"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, "UserSubscriptions on B to be 3", func() bool { return b.srv.UserSubscriptions(appID, "owner-9") == 3 })
+	// Node A counts them too, from B's reports (within
+	// Cluster.FlushInterval: 100ms).
+	waitFor(t, "UserSubscriptions on A to be 3", func() bool { return a.srv.UserSubscriptions(appID, "owner-9") == 3 })
 
 	// Terminating a user signed in on B, from A.
 	ud := `{"id":"leaver"}`
