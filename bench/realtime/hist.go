@@ -70,8 +70,8 @@ type summary struct {
 	Pongs int64 `json:"pongs"`
 	// CPUNS is the worker's CPU time (user+system) after it got ready.
 	CPUNS int64 `json:"cpu_ns"`
-	// Waits and Events count the epoll client's epoll_wait calls that
-	// returned events and those events.
+	// Waits and Events count the raw clients' waits (epoll_wait,
+	// io_uring_enter) that returned events and those events.
 	Waits  int64 `json:"epoll_waits,omitempty"`
 	Events int64 `json:"epoll_events,omitempty"`
 }

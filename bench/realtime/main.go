@@ -69,9 +69,9 @@ type options struct {
 	memprof  string
 	cpuprof  string
 	wcpuprof string        // CPU profile of the client worker
-	client   string        // goroutines or epoll
-	loops    int           // epoll reader loops in the worker; 0 means its GOMAXPROCS
-	batchWt  time.Duration // epoll client: pause after a small epoll_wait batch
+	client   string        // uring, epoll or goroutines
+	loops    int           // uring, epoll: reader loops in the worker; 0 means its GOMAXPROCS
+	batchWt  time.Duration // uring, epoll: how long completions may gather after a small batch
 	pingIvl  time.Duration // in-process server's ActivityTimeout and PongTimeout; 0 means the defaults
 }
 

@@ -37,6 +37,8 @@ const (
 	uringFeatNoDrop     = 1 << 1
 	uringFeatExtArg     = 1 << 8
 	uringFeatMinTimeout = 1 << 15
+	// uringFeatNeeded are the features the loops cannot do without.
+	uringFeatNeeded = uringFeatSingleMmap | uringFeatNoDrop | uringFeatExtArg
 
 	uringOffSQRing = 0
 	uringOffSQEs   = 0x10000000
@@ -187,9 +189,8 @@ func (l *uringLoop) setup() error {
 		return fmt.Errorf("io_uring_setup: %w", e)
 	}
 	l.fd = int(fd)
-	const need = uringFeatSingleMmap | uringFeatNoDrop | uringFeatExtArg
-	if p.features&need != need {
-		return fmt.Errorf("io_uring: kernel lacks features (have %#x, need %#x)", p.features, need)
+	if p.features&uringFeatNeeded != uringFeatNeeded {
+		return fmt.Errorf("io_uring: kernel lacks features (have %#x, need %#x)", p.features, uringFeatNeeded)
 	}
 	l.minWait = p.features&uringFeatMinTimeout != 0
 	ringSize := max(int(p.sqOff.array)+int(p.sqEntries)*4, int(p.cqOff.cqes)+int(p.cqEntries)*int(unsafe.Sizeof(uringCQE{})))
@@ -418,9 +419,8 @@ func probeUring() error {
 		return fmt.Errorf("io_uring_setup: %w", e)
 	}
 	_ = syscall.Close(int(fd))
-	const need = uringFeatSingleMmap | uringFeatNoDrop | uringFeatExtArg
-	if p.features&need != need {
-		return fmt.Errorf("io_uring features %#x, need %#x", p.features, need)
+	if p.features&uringFeatNeeded != uringFeatNeeded {
+		return fmt.Errorf("io_uring features %#x, need %#x", p.features, uringFeatNeeded)
 	}
 	return nil
 }

@@ -27,9 +27,10 @@ type workerConfig struct {
 	Conns    int
 	Channels int // connection i subscribes to channel i % Channels
 	Prefix   string
-	Client   string // "goroutines" or "epoll": how the connections are read
-	Loops    int    // epoll: reader loops (OS threads); 0 means GOMAXPROCS
-	// BatchWait: epoll: pause after a small epoll_wait batch (epollLoop.batchWait).
+	Client   string // clientUring, clientEpoll or clientGoroutines: how the connections are read
+	Loops    int    // uring, epoll: reader loops (OS threads); 0 means GOMAXPROCS
+	// BatchWait: uring, epoll: how long completions may gather after a
+	// small batch (epollLoop.batchWait, uringLoop.enter).
 	BatchWait time.Duration
 	// CPUProfile, if set, is where the worker writes its CPU profile from
 	// READY to the end.
