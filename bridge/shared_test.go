@@ -259,7 +259,6 @@ func TestSharedOutboxTakeover(t *testing.T) {
 
 	// node-b stops (its session ends): node-a takes over.
 	before := a.pub.published()
-	stopped := time.Now()
 	b.halt()
 	took = waitUntil(t, "node-a takes over", 3*time.Second, a.relay.Leading)
 	t.Logf("node-b stopped: node-a relays after %s", took)
@@ -269,7 +268,6 @@ func TestSharedOutboxTakeover(t *testing.T) {
 	if a.pub.published()-before != 20 {
 		t.Errorf("node-a published %d rows after taking over, want 20", a.pub.published()-before)
 	}
-	_ = stopped
 	exactlyOnce(t, ids, a.pub, b.pub)
 }
 
@@ -287,10 +285,7 @@ func TestSharedOutboxFailingPublisherStepsDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runRelay(t, r)
 	waitUntil(t, "node-a leads again", 5*time.Second, r.Leading)
 	b := startNode(t, dsn, "node-b")
 	ids := []string{"x1", "x2", "x3"}
