@@ -55,8 +55,10 @@ func runRunnerSim() error {
 		MaxIdleConns: 10000, MaxIdleConnsPerHost: 10000, IdleConnTimeout: 5 * time.Minute}}
 	var tokens []string
 	var jobs []simJob
-	call := func(ctx context.Context, tok, method, path, lease string, body []byte, out any) (int, error) {
-		req, err := http.NewRequestWithContext(ctx, method, childHub+path, bytes.NewReader(body))
+	// Calls are not tied to a phase's end: one under way finishes, within
+	// the client's timeout.
+	call := func(tok, method, path, lease string, body []byte, out any) (int, error) {
+		req, err := http.NewRequest(method, childHub+path, bytes.NewReader(body))
 		if err != nil {
 			return 0, err
 		}
@@ -107,24 +109,24 @@ func runRunnerSim() error {
 			res.Status[st]++
 			lats = append(lats, took)
 		}
-		one := func(ctx context.Context, i int) {
+		one := func(i int) {
 			t0 := time.Now()
 			var st int
 			var err error
 			switch op {
 			case "claim", "poll":
 				var j remote.Job
-				st, err = call(ctx, tokens[i], "POST", "/claim", "", []byte(`{}`), &j)
+				st, err = call(tokens[i], "POST", "/claim", "", []byte(`{}`), &j)
 				if op == "claim" && err == nil && st == http.StatusOK {
 					jobs[i] = simJob{id: j.BuildID, lease: j.Lease}
 				}
 			case "heartbeat":
-				st, err = call(ctx, tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/heartbeat", jobs[i].lease, nil, nil)
+				st, err = call(tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/heartbeat", jobs[i].lease, nil, nil)
 			case "log":
-				st, err = call(ctx, tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/log", jobs[i].lease,
+				st, err = call(tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/log", jobs[i].lease,
 					bytes.Repeat([]byte("x"), max(c.Bytes-1, 0)), nil)
 			case "finish":
-				st, err = call(ctx, tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/finish", jobs[i].lease, finish, nil)
+				st, err = call(tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/finish", jobs[i].lease, finish, nil)
 			}
 			record(st, err, time.Since(t0))
 		}
@@ -136,7 +138,7 @@ func runRunnerSim() error {
 				sem <- struct{}{}
 				wg.Go(func() {
 					defer func() { <-sem }()
-					one(context.Background(), i)
+					one(i)
 				})
 			}
 			res.Offered = float64(c.N)
@@ -158,7 +160,7 @@ func runRunnerSim() error {
 					t := time.NewTicker(c.Every)
 					defer t.Stop()
 					for ctx.Err() == nil {
-						one(context.Background(), i)
+						one(i)
 						select {
 						case <-ctx.Done():
 						case <-t.C:
