@@ -89,6 +89,13 @@ type hubHello struct {
 	Addr, Secret string
 }
 
+// hubReply answers a line on the child's stdin: its CPU time, and its
+// stats if the line was "stats".
+type hubReply struct {
+	CPU   time.Duration
+	Stats *hubStats
+}
+
 // serveHub is the child process of -hub-process: it runs the hub and
 // answers each line on stdin with its stats and CPU time, until stdin
 // closes.
@@ -105,11 +112,7 @@ func serveHub(dir string, checkpointDelay time.Duration) error {
 	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		var reply struct {
-			CPU   time.Duration
-			Stats *hubStats
-		}
-		reply.CPU = cpuTime()
+		reply := hubReply{CPU: cpuTime()}
 		if in.Text() == "stats" {
 			st, err := h.stats(ctx)
 			if err != nil {
@@ -165,10 +168,7 @@ func (c *child) ask(what string) (time.Duration, *hubStats, error) {
 	if _, err := fmt.Fprintln(c.in, what); err != nil {
 		return 0, nil, err
 	}
-	var reply struct {
-		CPU   time.Duration
-		Stats *hubStats
-	}
+	var reply hubReply
 	if err := c.out.Decode(&reply); err != nil {
 		return 0, nil, fmt.Errorf("the hub process: %w", err)
 	}
