@@ -109,6 +109,7 @@ func runRunnerSim() error {
 			res.Status[st]++
 			lats = append(lats, took)
 		}
+		chunk := bytes.Repeat([]byte("x"), max(c.Bytes-1, 0)) // read-only, shared by the calls
 		one := func(i int) {
 			t0 := time.Now()
 			var st int
@@ -123,8 +124,7 @@ func runRunnerSim() error {
 			case "heartbeat":
 				st, err = call(tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/heartbeat", jobs[i].lease, nil, nil)
 			case "log":
-				st, err = call(tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/log", jobs[i].lease,
-					bytes.Repeat([]byte("x"), max(c.Bytes-1, 0)), nil)
+				st, err = call(tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/log", jobs[i].lease, chunk, nil)
 			case "finish":
 				st, err = call(tokens[i], "POST", "/builds/"+strconv.FormatInt(jobs[i].id, 10)+"/finish", jobs[i].lease, finish, nil)
 			}
