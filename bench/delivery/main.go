@@ -45,7 +45,6 @@ import (
 
 	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/event"
-	"github.com/buildbridge/buildbridge/routes"
 	"github.com/buildbridge/buildbridge/sinks"
 	"github.com/buildbridge/buildbridge/sinks/delivery"
 	"github.com/buildbridge/buildbridge/sinks/webhook"
@@ -274,10 +273,11 @@ func throughputRound(o options, recv *receiver, round int) (bareRate, rate float
 		return 0, 0, err
 	}
 	defer cleanup()
-	cfg, err := hookConfig(recv.url, o.concurrency)
+	rules, err := benchRules(o, recv.url)
 	if err != nil {
 		return 0, 0, err
 	}
+	cfg, _ := rules.Sink("hook")
 	eng, err := newEngine(o, s, cfg)
 	if err != nil {
 		return 0, 0, err
@@ -475,22 +475,6 @@ func latency(o options, recv *receiver) error {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d.Microseconds())/1000) }
-
-func hookConfig(url string, concurrency int) (*sinks.Config, error) {
-	r, err := routes.Parse("bench-sink.yaml", []byte(`sinks:
-  hook:
-    type: webhook
-    url: `+url+`
-    secret: `+secret+`
-    concurrency: `+strconv.Itoa(concurrency)+`
-routes: []
-`), routes.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		return nil, err
-	}
-	c, _ := r.Sink("hook")
-	return c, nil
-}
 
 func newEngine(o options, s *store.DB, cfg *sinks.Config) (*delivery.Engine, error) {
 	allow := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
