@@ -31,20 +31,6 @@ func subscribeBatches(t *testing.T, b *Bus, ctx context.Context, durable, topic 
 	return sub, ch
 }
 
-func receiveBatch(t *testing.T, ch <-chan []*message.Message, within time.Duration) []*message.Message {
-	t.Helper()
-	select {
-	case ms, ok := <-ch:
-		if !ok {
-			t.Fatal("batch subscription closed")
-		}
-		return ms
-	case <-time.After(within):
-		t.Fatalf("no batch within %s", within)
-	}
-	return nil
-}
-
 func uuids(ms []*message.Message) string {
 	var ids []string
 	for _, m := range ms {
@@ -87,7 +73,7 @@ func testBatches(t *testing.T, b *Bus) {
 
 	published := time.Now()
 	publish(t, b, topic, message.NewMessage("m0", []byte("0")))
-	first := receiveBatch(t, ch, 5*time.Second)
+	first := receive(t, ch, 5*time.Second)
 	if got := uuids(first); got != "m0" {
 		t.Fatalf("first batch %q, want m0 alone", got)
 	}
@@ -109,7 +95,7 @@ func testBatches(t *testing.T, b *Bus) {
 	var sizes []int
 	var all []string
 	for n := 0; n < 10; {
-		ms := receiveBatch(t, ch, 5*time.Second)
+		ms := receive(t, ch, 5*time.Second)
 		sizes = append(sizes, len(ms))
 		all = append(all, uuids(ms))
 		n += len(ms)
@@ -135,11 +121,11 @@ func TestBatchesNackRedeliversAlone(t *testing.T) {
 	const topic = "build-state-changed"
 	_, ch := subscribeBatches(t, b, t.Context(), "nack", topic, 100)
 	publish(t, b, topic, message.NewMessage("x", nil))
-	held := receiveBatch(t, ch, 5*time.Second)
+	held := receive(t, ch, 5*time.Second)
 	publish(t, b, topic, numbered("r", 0, 3)...)
 	time.Sleep(200 * time.Millisecond)
 	held[0].Ack()
-	refused := receiveBatch(t, ch, 5*time.Second)
+	refused := receive(t, ch, 5*time.Second)
 	if got := uuids(refused); got != "r0 r1 r2" {
 		t.Fatalf("batch %q, want r0 r1 r2", got)
 	}
@@ -150,7 +136,7 @@ func TestBatchesNackRedeliversAlone(t *testing.T) {
 	publish(t, b, topic, numbered("n", 0, 2)...)
 	var got []string
 	for n := 0; n < 5; {
-		ms := receiveBatch(t, ch, 5*time.Second)
+		ms := receive(t, ch, 5*time.Second)
 		n += len(ms)
 		if ms[0].UUID[0] == 'r' {
 			if len(ms) != 1 {
@@ -183,7 +169,7 @@ func TestBatchesStopGivesBack(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	_, ch := subscribeBatches(t, b, ctx, "shared", topic, 100)
 	publish(t, b, topic, message.NewMessage("a", nil))
-	held := receiveBatch(t, ch, 5*time.Second)
+	held := receive(t, ch, 5*time.Second)
 	publish(t, b, topic, numbered("q", 0, 5)...)
 	time.Sleep(200 * time.Millisecond) // delivered to the batch subscription, waiting
 	held[0].Ack()
@@ -319,7 +305,7 @@ func TestBatchesSurviveServerRestart(t *testing.T) {
 	const topic = "build-state-changed"
 	_, ch := subscribeBatches(t, b, t.Context(), "restart", topic, 16)
 	publish(t, b, topic, message.NewMessage("before", nil))
-	ms := receiveBatch(t, ch, 5*time.Second)
+	ms := receive(t, ch, 5*time.Second)
 	if uuids(ms) != "before" {
 		t.Fatalf("got %q", uuids(ms))
 	}
@@ -336,7 +322,7 @@ func TestBatchesSurviveServerRestart(t *testing.T) {
 	// A killed server may not have stored the last ack: "before" may come
 	// again (at least once), but "after" must come.
 	for {
-		ms = receiveBatch(t, ch, 10*time.Second)
+		ms = receive(t, ch, 10*time.Second)
 		ackAll(ms)
 		got := uuids(ms)
 		if strings.Contains(got, "after") {

@@ -95,7 +95,8 @@ func subscribe(t *testing.T, b *Bus, durable, topic string) (message.Subscriber,
 	return sub, ch
 }
 
-func receive(t *testing.T, ch <-chan *message.Message, within time.Duration) *message.Message {
+// receive takes the next message (or batch) from a subscription.
+func receive[T any](t *testing.T, ch <-chan T, within time.Duration) T {
 	t.Helper()
 	select {
 	case m, ok := <-ch:
@@ -104,9 +105,10 @@ func receive(t *testing.T, ch <-chan *message.Message, within time.Duration) *me
 		}
 		return m
 	case <-time.After(within):
-		t.Fatalf("no message within %s", within)
+		t.Fatalf("nothing received within %s", within)
 	}
-	return nil
+	var none T
+	return none
 }
 
 func expectNothing(t *testing.T, ch <-chan *message.Message, during time.Duration) {
