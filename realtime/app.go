@@ -79,12 +79,16 @@ func newApp(s *Server, cfg App) *app {
 
 func (a *app) wantsWebhook(name string) bool { return a.webhooks[name] }
 
-// apply carries out e and publishes the changes queued for the cluster.
-func (a *app) apply(e *effects) {
+// unlockApply releases a.mu, held for writing, then carries out e and
+// publishes the changes queued for the cluster, if any: most changes queue
+// none (counts go at the next flush), and they need not lock again.
+func (a *app) unlockApply(e *effects) {
+	queued := len(a.out) > 0
+	a.mu.Unlock()
 	for _, w := range e.webhooks {
 		a.srv.webhooks.add(a, w.Name, w.Channel, w.UserID)
 	}
-	if a.srv.clustered {
+	if queued {
 		a.flushOut()
 	}
 }
@@ -123,8 +127,7 @@ func (a *app) unregister(c *conn) {
 	if c.user != "" {
 		a.dropUserLocked(c)
 	}
-	a.mu.Unlock()
-	a.apply(&e)
+	a.unlockApply(&e)
 }
 
 func (a *app) dropUserLocked(c *conn) {
@@ -203,8 +206,7 @@ func (a *app) subscribe(c *conn, name string, kind channelKind, m presenceMember
 	// Queued under the lock so no event of the channel can overtake it.
 	c.send(a.succeededFrameLocked(ch))
 	a.countChangedLocked(ch)
-	a.mu.Unlock()
-	a.apply(&e)
+	a.unlockApply(&e)
 }
 
 // deliverPresenceLocked delivers a member_added or member_removed event
@@ -269,8 +271,7 @@ func (a *app) unsubscribe(c *conn, name string) {
 		c.subs = nil
 	}
 	a.leaveLocked(c, ch, &e)
-	a.mu.Unlock()
-	a.apply(&e)
+	a.unlockApply(&e)
 }
 
 // leaveLocked removes c from ch; the caller updates c.subs.
@@ -363,8 +364,7 @@ func (a *app) signin(c *conn, id, userData string) {
 		UserData string `json:"user_data"`
 	}{userData})
 	c.send(eventFrame("pusher:signin_success", "", string(data), ""))
-	a.mu.Unlock()
-	a.apply(&e)
+	a.unlockApply(&e)
 }
 
 func (a *app) joinServerToUserLocked(c *conn) {
