@@ -5,7 +5,9 @@
 //
 // Delivery is at most once, like NATS core: a node that is disconnected
 // or too slow misses messages (and logs it). That suits live events,
-// which clients do not replay.
+// which clients do not replay; the realtime cluster view notices a lost
+// change of another node's state and asks for a snapshot (see
+// realtime.ClusterConfig).
 package natsbroker
 
 import (
