@@ -434,6 +434,31 @@ func latency(o options, recv *receiver) error {
 		return err
 	}
 	defer eng.Close()
+	lat, achieved, err := paced(o, recv, func(i int) (string, time.Time, error) {
+		ev := testEvent(1_000_000 + i)
+		sent := time.Now()
+		ds := rules.Match(ev) // the user-channel delivery too: pusher has no implementation here, so it is skipped
+		var id string
+		for _, d := range ds {
+			if d.Sink == "hook" {
+				id = delivery.MessageID(d.EventID, d.Sink, d.Target)
+			}
+		}
+		return id, sent, eng.Enqueue(context.Background(), ds)
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("latency at %d events/s for %s (%d events, %.0f/s achieved): %s  (target p99 < 50ms)\n",
+		o.rate, o.duration, len(lat), achieved, percentiles(lat))
+	return nil
+}
+
+// paced calls send(i) for each of the -rate × -duration events, at -rate,
+// and waits for every webhook to arrive. It returns the delays, sorted,
+// from the time send reported for each event to its webhook's arrival
+// (send returns that webhook's id), and the events sent per second.
+func paced(o options, recv *receiver, send func(i int) (id string, sent time.Time, err error)) ([]time.Duration, float64, error) {
 	total := int(float64(o.rate) * o.duration.Seconds())
 	done := recv.expect(total)
 	sent := make([]time.Time, total)
@@ -444,22 +469,15 @@ func latency(o options, recv *receiver) error {
 		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
 			time.Sleep(d)
 		}
-		ev := testEvent(1_000_000 + i)
-		sent[i] = time.Now()
-		ds := rules.Match(ev) // the user-channel delivery too: pusher has no implementation here, so it is skipped
-		for _, d := range ds {
-			if d.Sink == "hook" {
-				ids[i] = delivery.MessageID(d.EventID, d.Sink, d.Target)
-			}
-		}
-		if err := eng.Enqueue(context.Background(), ds); err != nil {
-			return err
+		var err error
+		if ids[i], sent[i], err = send(i); err != nil {
+			return nil, 0, err
 		}
 	}
 	select {
 	case <-done:
 	case <-time.After(o.timeout):
-		return fmt.Errorf("%d of %d received within %s", len(recv.arrivals()), total, o.timeout)
+		return nil, 0, fmt.Errorf("%d of %d received within %s", len(recv.arrivals()), total, o.timeout)
 	}
 	took := time.Since(start)
 	got := recv.arrivals()
@@ -468,10 +486,13 @@ func latency(o options, recv *receiver) error {
 		lat = append(lat, got[id].Sub(sent[i]))
 	}
 	slices.Sort(lat)
+	return lat, float64(total) / took.Seconds(), nil
+}
+
+// percentiles formats the p50, p90, p99 and max of sorted delays.
+func percentiles(lat []time.Duration) string {
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	fmt.Printf("latency at %d events/s for %s (%d events, %.0f/s achieved): p50 %s  p90 %s  p99 %s  max %s  (target p99 < 50ms)\n",
-		o.rate, o.duration, total, float64(total)/took.Seconds(), ms(pct(0.5)), ms(pct(0.9)), ms(pct(0.99)), ms(lat[len(lat)-1]))
-	return nil
+	return fmt.Sprintf("p50 %s  p90 %s  p99 %s  max %s", ms(pct(0.5)), ms(pct(0.9)), ms(pct(0.99)), ms(lat[len(lat)-1]))
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d.Microseconds())/1000) }
