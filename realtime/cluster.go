@@ -260,8 +260,9 @@ func (a *app) snapshotLocked() {
 }
 
 // clusterReceive applies a cluster message of another node. It reports
-// whether it queued something to publish (a snapshot request); the caller
-// has the cluster loop publish it, since it runs on the broker's delivery
+// whether there is something to publish (a request for the other node's
+// snapshot, queued, or this node's snapshot, asked for); the caller has
+// the cluster loop publish it, since it runs on the broker's delivery
 // goroutine.
 func (a *app) clusterReceive(m Message, now time.Time) (queued bool) {
 	a.mu.Lock()
