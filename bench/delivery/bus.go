@@ -224,12 +224,7 @@ func percents(v []float64) string {
 }
 
 func busRound(o options, recv *receiver, round int) (bareRate, rate float64, sizes []int, err error) {
-	bodies := make([][]byte, o.n)
-	evs := make([]event.Envelope, o.n)
-	for i := range bodies {
-		evs[i] = testEvent(10_000_000 + round*o.n + i)
-		bodies[i], _ = json.Marshal(evs[i])
-	}
+	evs, bodies := testEvents(10_000_000+round*o.n, o.n)
 	if bareRate, err = bareLoop(o, recv, evs, bodies, round); err != nil {
 		return 0, 0, nil, err
 	}

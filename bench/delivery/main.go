@@ -229,6 +229,17 @@ func testEvent(i int) event.Envelope {
 	}, "https://buildbridge.example/builds/")
 }
 
+// testEvents is n test events numbered from first and their JSON bodies.
+func testEvents(first, n int) ([]event.Envelope, [][]byte) {
+	evs := make([]event.Envelope, n)
+	bodies := make([][]byte, n)
+	for i := range evs {
+		evs[i] = testEvent(first + i)
+		bodies[i], _ = json.Marshal(evs[i])
+	}
+	return evs, bodies
+}
+
 // throughput runs the bare loop and the engine in turn, -rounds times,
 // so that both see the same machine (other jobs share it).
 func throughput(o options, recv *receiver) error {
@@ -255,12 +266,7 @@ func median(v []float64) float64 {
 
 func throughputRound(o options, recv *receiver, round int) (bareRate, rate float64, err error) {
 	// The same bodies both ways.
-	bodies := make([][]byte, o.n)
-	evs := make([]event.Envelope, o.n)
-	for i := range bodies {
-		evs[i] = testEvent(round*o.n + i)
-		bodies[i], _ = json.Marshal(evs[i])
-	}
+	evs, bodies := testEvents(round*o.n, o.n)
 
 	bareRate, err = bareLoop(o, recv, evs, bodies, round)
 	if err != nil {
