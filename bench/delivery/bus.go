@@ -241,20 +241,6 @@ func busRound(o options, recv *receiver, round int) (bareRate, rate float64, siz
 	// starts (the consumer held back meanwhile), as the bare loop's are
 	// made before its clock starts: the clock then measures the consumer
 	// and the engine, not the publisher, which is the relay's work.
-	var done <-chan struct{}
-	var stopProfile func()
-	var cpu0 time.Duration
-	var start time.Time
-	begin := func() error {
-		done = recv.expect(o.n)
-		var err error
-		if stopProfile, err = profile(o); err != nil {
-			return err
-		}
-		cpu0 = cpuTime()
-		start = time.Now()
-		return nil
-	}
 	var before func(*busPath) error
 	gate := make(chan struct{})
 	if o.prepublish {
@@ -273,11 +259,15 @@ func busRound(o options, recv *receiver, round int) (bareRate, rate float64, siz
 			return 0, 0, nil, err
 		}
 	}
-	if err := begin(); err != nil {
+	done := recv.expect(o.n)
+	stopProfile, err := profile(o)
+	if err != nil {
 		return 0, 0, nil, err
 	}
-	close(gate)
 	defer stopProfile()
+	cpu0 := cpuTime()
+	start := time.Now()
+	close(gate)
 	pubErr := make(chan error, 1)
 	var published time.Duration
 	go func() {
