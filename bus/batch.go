@@ -49,9 +49,11 @@ func (s *subscriber) SubscribeBatches(ctx context.Context, topic string, max int
 		return nil, err
 	}
 	s.mu.Lock()
-	if s.closed {
+	select {
+	case <-s.closing:
 		s.mu.Unlock()
 		return nil, ErrClosed
+	default:
 	}
 	s.batchWG.Add(1)
 	s.mu.Unlock()

@@ -20,9 +20,8 @@ type subscriber struct {
 	nc      *nats.Conn
 	wm      *wmnats.Subscriber
 
-	mu      sync.Mutex
-	closed  bool
-	closing chan struct{}  // closed by Close: SubscribeBatches' goroutines stop
+	mu      sync.Mutex     // orders SubscribeBatches' batchWG.Add before Close's Wait
+	closing chan struct{}  // closed by Close, under mu: SubscribeBatches' goroutines stop
 	batchWG sync.WaitGroup // SubscribeBatches' goroutines
 
 	closeOnce sync.Once
@@ -122,9 +121,8 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 func (s *subscriber) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
 		close(s.closing)
+		s.mu.Unlock()
 		s.batchWG.Wait() // each gives back what it holds, bounded by CloseTimeout
 		if err := s.wm.Close(); err != nil {
 			s.closeErr = fmt.Errorf("bus: close subscriber %s: %w", s.durable, err)
