@@ -280,12 +280,12 @@ func (a *app) leaveLocked(c *conn, ch *channel, e *effects) {
 	delete(ch.subs, c)
 	if ch.kind != kindServerToUser {
 		a.subsChangedLocked(ch.name)
-	}
-	if c.owner != "" && ch.kind != kindServerToUser {
-		if a.owners[c.owner]--; a.owners[c.owner] <= 0 {
-			delete(a.owners, c.owner)
+		if c.owner != "" {
+			if a.owners[c.owner]--; a.owners[c.owner] <= 0 {
+				delete(a.owners, c.owner)
+			}
+			a.ownerChangedLocked(c.owner)
 		}
-		a.ownerChangedLocked(c.owner)
 	}
 	if ch.kind == kindPresence {
 		if mb := ch.members[uid]; mb != nil {
