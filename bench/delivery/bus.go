@@ -61,10 +61,10 @@ routes:
 `), routes.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 }
 
-// openBusPath opens the path; before, if not nil, runs once the bus is
-// open, before the bridge starts.
-func openBusPath(o options, recv *receiver, before func(*busPath) error) (*busPath, error) {
-	p := &busPath{}
+// openBusPath opens the path; gate, if not nil, holds the consumer until
+// it is closed.
+func openBusPath(o options, recv *receiver, gate chan struct{}) (*busPath, error) {
+	p := &busPath{gate: gate}
 	ok := false
 	defer func() {
 		if !ok {
@@ -96,11 +96,6 @@ func openBusPath(o options, recv *receiver, before func(*busPath) error) (*busPa
 		return nil, err
 	}
 	p.closes = append(p.closes, func() { p.bus.Close() })
-	if before != nil {
-		if err := before(p); err != nil {
-			return nil, err
-		}
-	}
 	if p.br, err = bridge.New(bridge.Config{Subscriber: p.bus.Subscriber, Publisher: p.bus.Publisher(),
 		Logger: quiet, MaxBatch: o.maxBatch}); err != nil {
 		return nil, err
@@ -241,12 +236,11 @@ func busRound(o options, recv *receiver, round int) (bareRate, rate float64, siz
 	// starts (the consumer held back meanwhile), as the bare loop's are
 	// made before its clock starts: the clock then measures the consumer
 	// and the engine, not the publisher, which is the relay's work.
-	var before func(*busPath) error
-	gate := make(chan struct{})
+	var gate chan struct{}
 	if o.prepublish {
-		before = func(p *busPath) error { p.gate = gate; return nil }
+		gate = make(chan struct{})
 	}
-	p, err := openBusPath(o, recv, before)
+	p, err := openBusPath(o, recv, gate)
 	if err != nil {
 		return 0, 0, nil, err
 	}
@@ -267,7 +261,9 @@ func busRound(o options, recv *receiver, round int) (bareRate, rate float64, siz
 	defer stopProfile()
 	cpu0 := cpuTime()
 	start := time.Now()
-	close(gate)
+	if gate != nil {
+		close(gate)
+	}
 	pubErr := make(chan error, 1)
 	var published time.Duration
 	go func() {
