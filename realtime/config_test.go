@@ -25,6 +25,10 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		{"bad webhook event", Config{Apps: []App{{ID: "1", Key: "k", Secret: "s",
 			Webhook: WebhookConfig{URL: "http://x", Events: []string{"nope"}}}}}, "Apps[0].Webhook.Events"},
 		{"negative timeout", Config{Apps: []App{ok}, PongTimeout: -time.Second}, "PongTimeout"},
+		{"negative member cap", Config{Apps: []App{{ID: "1", Key: "k", Secret: "s", MaxPresenceMembers: -1}}}, "Apps[0].MaxPresenceMembers"},
+		{"negative flush", Config{Apps: []App{ok}, Cluster: ClusterConfig{FlushInterval: -time.Second}}, "Cluster.FlushInterval"},
+		{"node timeout under heartbeat", Config{Apps: []App{ok},
+			Cluster: ClusterConfig{HeartbeatInterval: 5 * time.Second, NodeTimeout: 5 * time.Second}}, "Cluster.NodeTimeout"},
 	} {
 		_, err := New(tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.field) {
@@ -36,7 +40,8 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s.cfg.ActivityTimeout != 120*time.Second || s.cfg.PongTimeout != 30*time.Second ||
-		s.cfg.MaxMessageSize != 10<<10 || s.cfg.Apps[0].ClientEventsPerSecond != 10 {
+		s.cfg.MaxMessageSize != 10<<10 || s.cfg.Apps[0].ClientEventsPerSecond != 10 ||
+		s.cfg.Apps[0].MaxPresenceMembers != MaxPresenceMembers || s.cfg.Cluster.NodeTimeout != DefaultNodeTimeout {
 		t.Errorf("defaults not applied: %+v", s.cfg)
 	}
 	if err := s.Shutdown(t.Context()); err != nil {
