@@ -55,7 +55,7 @@ func main() {
 	replays := flag.Int("replays", 0, "also send this many redeliveries of already sent ids (must build nothing)")
 	dir := flag.String("dir", "", "data directory for the SQLite store (default: a new temporary one)")
 	maxTime := flag.Duration("max", 2*time.Minute, "stop sending after this long")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process to this file (with -hub-process: the load generator only, not the hub)")
 	checkpointDelay := flag.Duration("checkpoint-delay", 0, "store.Config.CheckpointDelay: background WAL checkpoints this long after a commit (0: the store's default; negative: SQLite's own, inside the commit that crosses its threshold)")
 	hubProcess := flag.Bool("hub-process", false, "run the hub (store, handler, HTTP server) in a child process of its own, so that the load generator's goroutines, heap and CPU are not the hub's")
 	role := flag.String("role", "", "internal: \"hub\" runs only the hub, for -hub-process")
