@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -124,17 +123,7 @@ func ids(evs []event.Envelope) []string {
 
 func publishEvents(t *testing.T, b *bus.Bus, evs ...event.Envelope) {
 	t.Helper()
-	var msgs []*message.Message
-	for _, ev := range evs {
-		raw, err := json.Marshal(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs = append(msgs, message.NewMessage(ev.ID, raw))
-	}
-	if err := b.Publisher().Publish(event.TopicBuildStateChanged, msgs...); err != nil {
-		t.Fatal(err)
-	}
+	publishJSON(t, b, event.TopicBuildStateChanged, func(ev event.Envelope) string { return ev.ID }, evs)
 }
 
 func histogram(t *testing.T, h *prometheus.HistogramVec, label string) (count uint64, sum float64) {

@@ -113,15 +113,22 @@ func runBridge(t *testing.T, br *Bridge) (stop func()) {
 
 func publishTransitions(t *testing.T, b *bus.Bus, ts ...builds.Transition) {
 	t.Helper()
+	publishJSON(t, b, builds.TopicTransition, func(tr builds.Transition) string { return tr.EventID }, ts)
+}
+
+// publishJSON publishes each value, encoded as JSON, on topic in one
+// Publish, with the message id id(v).
+func publishJSON[T any](t *testing.T, b *bus.Bus, topic string, id func(T) string, vs []T) {
+	t.Helper()
 	var msgs []*message.Message
-	for _, tr := range ts {
-		raw, err := json.Marshal(tr)
+	for _, v := range vs {
+		raw, err := json.Marshal(v)
 		if err != nil {
 			t.Fatal(err)
 		}
-		msgs = append(msgs, message.NewMessage(tr.EventID, raw))
+		msgs = append(msgs, message.NewMessage(id(v), raw))
 	}
-	if err := b.Publisher().Publish(builds.TopicTransition, msgs...); err != nil {
+	if err := b.Publisher().Publish(topic, msgs...); err != nil {
 		t.Fatal(err)
 	}
 }
