@@ -292,64 +292,6 @@ func TestRemoteRunnersTwoNodes(t *testing.T) {
 	}
 }
 
-// hookEachEvent waits until every committed event of the builds is
-// accepted by the receiver, checks that each reached it under one
-// webhook-id only, and returns how many were accepted more than once
-// (with that id: a node killed between an attempt and its record).
-func hookEachEvent(t *testing.T, c client, recv *hookReceiver, builds []int64) (dups int) {
-	t.Helper()
-	var committed []string
-	for _, b := range builds {
-		m := c.mustCall(t, 200, "GET", fmt.Sprintf("/api/v1/builds/%d/events", b), nil)
-		l, _ := m["events"].([]any)
-		for _, e := range l {
-			committed = append(committed, e.(map[string]any)["event_id"].(string))
-		}
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		got := map[string]bool{}
-		for _, q := range recv.accepted("/hook") {
-			got[q.ev.ID] = true
-		}
-		missing := 0
-		for _, id := range committed {
-			if !got[id] {
-				missing++
-			}
-		}
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d committed events never accepted by the webhook receiver", missing, len(committed))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	msgIDs := map[string]map[string]bool{}
-	accepted := map[string]int{}
-	for _, q := range recv.all() {
-		if msgIDs[q.ev.ID] == nil {
-			msgIDs[q.ev.ID] = map[string]bool{}
-		}
-		msgIDs[q.ev.ID][q.id] = true
-		if q.code == 200 {
-			accepted[q.ev.ID]++
-		}
-	}
-	for ev, ids := range msgIDs {
-		if len(ids) != 1 {
-			t.Errorf("event %s reached the receiver under %d webhook-ids: %v", ev, len(ids), ids)
-		}
-		dups += max(accepted[ev]-1, 0)
-	}
-	if len(msgIDs) != len(committed) {
-		t.Errorf("%d events received, %d committed", len(msgIDs), len(committed))
-	}
-	t.Logf("webhook receiver: %d events, %d requests, %d accepted twice (same webhook-id)", len(committed), len(recv.all()), dups)
-	return dups
-}
-
 // TestRemoteOnlyHub turns the embedded runner off: a build of a project
 // without labels waits for a remote runner, and a short runner_lease_ttl
 // hands a killed runner's build on sooner.
