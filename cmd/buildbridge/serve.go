@@ -248,30 +248,27 @@ func nodeID(dir string) (string, error) {
 func (h *hub) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	storeName := "store (" + h.store.Dialect() + ")"
-	busName := "bus (nats)"
 	var storeErr, busErr error
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); storeErr = h.store.Ping(ctx) }()
 	go func() { defer wg.Done(); busErr = h.bus.Ping(ctx) }()
 	wg.Wait()
-	checks := map[string]string{storeName: "ok", busName: "ok"}
+	checks := map[string]string{}
 	var failed []string
-	for _, c := range []struct {
-		name string
-		err  error
-	}{{storeName, storeErr}, {busName, busErr}} {
-		if c.err != nil {
-			checks[c.name] = c.err.Error()
-			failed = append(failed, c.name+": "+c.err.Error())
+	check := func(name string, err error) {
+		checks[name] = "ok"
+		if err != nil {
+			checks[name] = err.Error()
+			failed = append(failed, name+": "+err.Error())
 		}
 	}
+	check("store ("+h.store.Dialect()+")", storeErr)
+	check("bus (nats)", busErr)
 	select {
 	case <-h.ready:
 	default:
-		checks["startup"] = "starting"
-		failed = append(failed, "startup: starting")
+		check("startup", errors.New("starting"))
 	}
 	body := map[string]any{"status": "ready", "node": h.node, "checks": checks}
 	status := http.StatusOK
