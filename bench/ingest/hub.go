@@ -35,6 +35,8 @@ type hubStats struct {
 	CommitSeconds  float64 // sum of commit durations
 	// The hub's scheduler latency (runtime/metrics), whole life.
 	SchedP50, SchedP99, SchedP999 time.Duration
+	// The hub's garbage collector (runtime/metrics), whole life.
+	GC gcStats
 }
 
 // local is the hub in this process.
@@ -80,6 +82,7 @@ func (h *local) stats(ctx context.Context) (hubStats, error) {
 		st.Commits, st.CommitPushes, st.CommitSeconds = n, sum, secs
 	}
 	st.SchedP50, st.SchedP99, st.SchedP999, _ = schedLatency()
+	st.GC = readGCStats()
 	return st, nil
 }
 

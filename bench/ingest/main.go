@@ -216,7 +216,7 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 	}
 	addr := h.addr()
 	deadline := time.Now().Add(maxTime)
-	cpu0, hubCPU0 := cpuTime(), h.cpu()
+	cpu0, hubCPU0, gc0 := cpuTime(), h.cpu(), readGCStats()
 	start := time.Now()
 	var wg sync.WaitGroup
 	var sent int
@@ -319,6 +319,13 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 	if st.SchedP50 > 0 {
 		fmt.Printf("scheduler:  the hub's goroutines waited for a core: p50 %s  p99 %s  p99.9 %s (runtime/metrics, whole run)\n", st.SchedP50, st.SchedP99, st.SchedP999)
 	}
+	if g := st.GC.sub(gc0); g.Cycles > 0 && !hubProcess {
+		fmt.Printf("gc:         %d cycles, %s of CPU (%.0f%% of the process's), %s allocated per push\n",
+			g.Cycles, g.CPU.Round(time.Millisecond), 100*g.CPU.Seconds()/cpu.Seconds(), byteSize(g.Alloc/uint64(sent)))
+	} else if st.GC.Cycles > 0 {
+		fmt.Printf("gc:         hub %d cycles, %s of CPU, %s allocated per push (whole life of the child)\n",
+			st.GC.Cycles, st.GC.CPU.Round(time.Millisecond), byteSize(st.GC.Alloc/uint64(sent)))
+	}
 	fmt.Printf("committed:  %d builds, %d outbox rows, %d queue wake-ups (want %d builds)\n", built, outbox, st.Wakes, wantBuilt)
 	if built != wantBuilt || outbox != wantBuilt {
 		return errors.New("builds committed do not match the pushes sent: lost or duplicated")
@@ -379,6 +386,36 @@ func (c *conn) do(raw []byte) (int, error) {
 // schedLatency reads how long goroutines waited, runnable, for a core
 // (runtime/metrics /sched/latencies:seconds, over the process's life): a
 // tail there is a tail every request that waits behind it sees.
+// gcStats is the garbage collector's work so far.
+type gcStats struct {
+	Cycles uint64
+	CPU    time.Duration
+	Alloc  uint64 // bytes allocated on the heap
+}
+
+func readGCStats() gcStats {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/cpu/classes/gc/total:cpu-seconds"}, {Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	var g gcStats
+	if s[0].Value.Kind() == metrics.KindUint64 {
+		g.Cycles = s[0].Value.Uint64()
+	}
+	if s[1].Value.Kind() == metrics.KindFloat64 {
+		g.CPU = time.Duration(s[1].Value.Float64() * float64(time.Second))
+	}
+	if s[2].Value.Kind() == metrics.KindUint64 {
+		g.Alloc = s[2].Value.Uint64()
+	}
+	return g
+}
+
+func (g gcStats) sub(o gcStats) gcStats {
+	return gcStats{Cycles: g.Cycles - o.Cycles, CPU: g.CPU - o.CPU, Alloc: g.Alloc - o.Alloc}
+}
+
+// byteSize prints n bytes in KiB.
+func byteSize(n uint64) string { return fmt.Sprintf("%.1f KiB", float64(n)/1024) }
+
 func schedLatency() (p50, p99, p999 time.Duration, ok bool) {
 	sample := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
 	metrics.Read(sample)
