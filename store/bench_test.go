@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -83,4 +85,73 @@ func BenchmarkSinkDeliveryLifecycle(b *testing.B) {
 func msgID(seq int, ev string) string {
 	sum := sha256.Sum256([]byte(ev))
 	return fmt.Sprintf("msg_%010d%s", seq, hex.EncodeToString(sum[:11]))
+}
+
+// BenchmarkIngestPushes measures what a signed push writes (its delivery
+// id, the build, its QUEUED transition and outbox row) in one commit of
+// `batch` pushes, as the ingester's group commit makes them, on a store
+// that already holds 20,000 builds. frames/push is the WAL pages written
+// per push: the B-tree pages a push touches, shared ones counted once per
+// commit.
+func BenchmarkIngestPushes(b *testing.B) {
+	for _, batch := range []int{1, 2, 8} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			ctx := context.Background()
+			dir := b.TempDir()
+			// No checkpoint during the run: the WAL's growth counts the frames.
+			s, err := Open(ctx, Config{DataDir: dir, CheckpointDelay: time.Hour})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			u, _ := s.CreateUser(ctx, "u", false)
+			p, err := s.CreateProject(ctx, builds.Project{Name: "p", OwnerID: u.ID, Repo: "/r", DefaultBranch: "main"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			push := func() PushRequest {
+				n++
+				sha := fmt.Sprintf("%040x", n)
+				id := fmt.Sprintf("%x", sha256.Sum256([]byte(sha)))[:36] // random order, as forges' GUIDs
+				return PushRequest{Delivery: Delivery{ProjectID: p.ID, Source: "github", ID: id},
+					Builds: []PushBuild{{NewBuild: NewBuild{ProjectID: p.ID, Ref: "refs/heads/main", Branch: "main", SHA: sha,
+						Author: "Ann", AuthorEmail: "ann@example.com", Message: "work"}, CompareURL: "https://example.com/c", Pusher: "ann"}}}
+			}
+			commit := func() {
+				reqs := make([]PushRequest, batch)
+				for i := range reqs {
+					reqs[i] = push()
+				}
+				if _, _, err := s.IngestPushes(ctx, reqs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for range 20000 / batch {
+				commit()
+			}
+			truncate := func() {
+				if _, err := s.SQL().ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// The frames of 100 commits, well below the checkpoint threshold.
+			truncate()
+			for range 100 {
+				commit()
+			}
+			st, err := os.Stat(filepath.Join(dir, "buildbridge.db-wal"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			frames := float64(st.Size()-32) / (4096 + 24) / float64(100*batch)
+			truncate()
+			b.ResetTimer()
+			for b.Loop() {
+				commit()
+			}
+			b.ReportMetric(frames, "frames/push")
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "µs/push")
+		})
+	}
 }

@@ -382,7 +382,7 @@ func (s *DB) CountBuilds(ctx context.Context) (map[[2]string]int, error) {
 	return out, rows.Err()
 }
 
-// Transitions returns the transitions of a build in order, as they were
+// BuildEvents returns the transitions of a build in order, as they were
 // recorded (for tests and for clients filling a gap after a reconnect).
 func (s *DB) BuildEvents(ctx context.Context, buildID int64) ([]BuildEvent, error) {
 	rows, err := s.db.QueryContext(ctx, s.q(`SELECT seq, event_id, build_id, state, created_at FROM build_events WHERE build_id = ? ORDER BY seq`), buildID)

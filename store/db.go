@@ -155,19 +155,9 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 }
 
 func (s *DB) migrate(ctx context.Context) error {
-	dialect, dir := goose.DialectSQLite3, "migrations/sqlite"
-	if s.postgres {
-		dialect, dir = goose.DialectPostgres, "migrations/postgres"
-	}
-	sub, err := fs.Sub(migrations, dir)
+	p, err := s.migrations()
 	if err != nil {
-		return fmt.Errorf("store: migrations: %w", err)
-	}
-	// Migrations are written on parallel branches; a database that has a
-	// later one applied still takes an earlier one that arrives after it.
-	p, err := goose.NewProvider(dialect, s.db, sub, goose.WithAllowOutofOrder(true))
-	if err != nil {
-		return fmt.Errorf("store: migrations: %w", err)
+		return err
 	}
 	res, err := p.Up(ctx)
 	if err != nil {
@@ -177,6 +167,25 @@ func (s *DB) migrate(ctx context.Context) error {
 		s.cfg.Logger.Debug("migration applied", "version", r.Source.Version, "duration", r.Duration)
 	}
 	return nil
+}
+
+// migrations returns the schema migrations of the store's database.
+func (s *DB) migrations() (*goose.Provider, error) {
+	dialect, dir := goose.DialectSQLite3, "migrations/sqlite"
+	if s.postgres {
+		dialect, dir = goose.DialectPostgres, "migrations/postgres"
+	}
+	sub, err := fs.Sub(migrations, dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: migrations: %w", err)
+	}
+	// Migrations are written on parallel branches; a database that has a
+	// later one applied still takes an earlier one that arrives after it.
+	p, err := goose.NewProvider(dialect, s.db, sub, goose.WithAllowOutofOrder(true))
+	if err != nil {
+		return nil, fmt.Errorf("store: migrations: %w", err)
+	}
+	return p, nil
 }
 
 // SetOnOutbox sets the function called after commits that wrote outbox
