@@ -50,6 +50,11 @@ type Config struct {
 	// threshold doing it while other writers wait. Default 100ms; negative
 	// leaves checkpoints to SQLite.
 	CheckpointDelay time.Duration
+	// WebhookCacheTTL is how long a project and its webhook secret, as
+	// forge deliveries look them up, are reused (default 1s; negative:
+	// never). This store's own writes apply at once; writes made by
+	// another node or process apply within this time.
+	WebhookCacheTTL time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -67,6 +72,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CheckpointDelay == 0 {
 		c.CheckpointDelay = 100 * time.Millisecond
+	}
+	if c.WebhookCacheTTL == 0 {
+		c.WebhookCacheTTL = time.Second
 	}
 }
 
@@ -98,6 +106,8 @@ type DB struct {
 	preparing sync.WaitGroup
 	// checkpoints is the background WAL checkpointer (SQLite), or nil.
 	checkpoints *checkpointer
+	// webhooks caches ProjectWebhook.
+	webhooks webhookCache
 
 	// group commit of transitions, see groupTx.
 	groupMu      sync.Mutex
@@ -112,7 +122,8 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &DB{cfg: cfg, postgres: cfg.Postgres != "", rebinds: map[string]string{}, onOutbox: cfg.OnOutbox}
+	s := &DB{cfg: cfg, postgres: cfg.Postgres != "", rebinds: map[string]string{}, onOutbox: cfg.OnOutbox,
+		webhooks: webhookCache{ttl: cfg.WebhookCacheTTL}}
 	s.closing, s.stopPrep = context.WithCancel(context.Background())
 	var err error
 	if s.postgres {

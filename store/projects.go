@@ -125,6 +125,7 @@ func (s *DB) UpdateProject(ctx context.Context, p builds.Project) (builds.Projec
 		return p, fmt.Errorf("update project: %w", err)
 	}
 	p.UpdatedAt = s.now()
+	defer s.webhooks.clear()
 	res, err := s.db.ExecContext(ctx, s.q(`UPDATE projects SET repo = ?, default_branch = ?, steps = ?, timeout_ms = ?, settings = ?, updated_at = ? WHERE id = ?`),
 		p.Repo, p.DefaultBranch, string(steps), p.Timeout.Milliseconds(), string(settings), ms(p.UpdatedAt), p.ID)
 	if err != nil {
@@ -139,6 +140,7 @@ func (s *DB) UpdateProject(ctx context.Context, p builds.Project) (builds.Projec
 // DeleteProject removes a project with its builds, logs and artifact
 // records. It refuses while a build of the project is queued or running.
 func (s *DB) DeleteProject(ctx context.Context, id int64) error {
+	defer s.webhooks.clear()
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var active int
 		if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM builds WHERE project_id = ? AND state <> ?`), id, builds.Finished).Scan(&active); err != nil {

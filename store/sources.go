@@ -53,6 +53,7 @@ func (s *DB) RotateWebhookSecret(ctx context.Context, projectID int64, secret st
 		return WebhookSecret{}, fmt.Errorf("rotate webhook secret: negative grace %s", grace)
 	}
 	w := WebhookSecret{ProjectID: projectID, Secret: secret, CreatedAt: s.now()}
+	defer s.webhooks.clear()
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		lock := ""
 		if s.postgres {
@@ -101,8 +102,23 @@ const projectWebhookQuery = `SELECT p.id, p.name, p.owner_id, p.repo, p.default_
 
 // ProjectWebhook returns a project by name with its webhook secret (an
 // empty Secret when none was ever created), in one query: webhooks look
-// both up on every delivery.
+// both up on every delivery. Answers are reused for up to
+// Config.WebhookCacheTTL (see webhookCache); callers must not modify the
+// project's slices.
 func (s *DB) ProjectWebhook(ctx context.Context, name string) (builds.Project, WebhookSecret, error) {
+	now := s.now()
+	e, gen, ok := s.webhooks.get(name, now)
+	if ok {
+		return e.project, e.secret, nil
+	}
+	p, w, err := s.projectWebhook(ctx, name)
+	if err == nil {
+		s.webhooks.put(name, gen, webhookEntry{project: p, secret: w, at: now})
+	}
+	return p, w, err
+}
+
+func (s *DB) projectWebhook(ctx context.Context, name string) (builds.Project, WebhookSecret, error) {
 	var (
 		w                WebhookSecret
 		expires, created sql.NullInt64
