@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
+	"unicode/utf8"
+
+	gojson "github.com/goccy/go-json"
 
 	"github.com/buildbridge/buildbridge/builds"
 )
@@ -70,6 +74,24 @@ func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 // DecodeJSON decodes one JSON value into v; the Error names what failed
 // and where.
 func DecodeJSON(body []byte, v any) *Error {
+	// Forge payloads are mostly what nobody reads (the repository object
+	// in full, the sender, every commit), and encoding/json walks each
+	// byte twice, once to validate and once to decode: about 30 µs for a
+	// 5 KB push, more than half of it skipping. go-json decodes five times
+	// faster but skips leniently, so the standard validator decides what
+	// is JSON, and bodies that are not valid UTF-8 (encoding/json repairs
+	// them, go-json keeps the bytes) or that go-json refuses take the
+	// standard decoder, which also words the error. FuzzDecodeJSON checks
+	// that both paths agree.
+	if utf8.Valid(body) && json.Valid(body) {
+		if gojson.Unmarshal(body, v) == nil {
+			return nil
+		}
+		// Whatever go-json filled in goes; the standard decoder decides.
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && !rv.IsNil() {
+			rv.Elem().SetZero()
+		}
+	}
 	err := json.Unmarshal(body, v)
 	if err == nil {
 		return nil

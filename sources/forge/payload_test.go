@@ -1,6 +1,8 @@
 package forge
 
 import (
+	"encoding/json"
+	"reflect"
 	"testing"
 
 	"github.com/buildbridge/buildbridge/sources"
@@ -64,4 +66,40 @@ func FuzzParsePush(f *testing.F) {
 		check(ParseGitLabPush("push", body))
 		check(ParseGiteaPush(body))
 	})
+}
+
+// FuzzDecodeJSONAgrees checks sources.DecodeJSON's fast path (go-json
+// after the standard validator) against encoding/json on the three
+// payload types: both accept the same bodies and decode them to the same
+// values.
+func FuzzDecodeJSONAgrees(f *testing.F) {
+	p := forgetest.Push{Ref: "refs/heads/main", After: sha("b"), Message: "m é \u2028 \"q\"", Author: "A", Email: "a@x"}
+	f.Add(forgetest.GitHubPush(p, "1", "").Body)
+	f.Add(forgetest.GitLabPush(p, "1", "", "").Body)
+	f.Add(forgetest.GiteaPush(p, "1", "").Body)
+	for _, s := range []string{`{"ref":"a","x":tru}`, `{"ref":"a","x":"\q"}`, "{\"ref\":\"a\",\"x\":\"a\x01b\"}", `{"ref":"a","x":01}`,
+		`{"ref":"a","x":[1,]}`, `{"ref":"a"} x`, `{"ref":"a","x":"\ud800"}`, "{\"ref\":\"a\xff\"}", `{"ref":"\ud83d\ude00\u00e9\ud800x"}`,
+		`{"ref":"a","ref":"b"}`, `{"ref":1}`, `{"REF":"a","Deleted":true}`, `{"deleted":"true"}`, `{"commits":[{"id":"x"},null,{}]}`,
+		`{"head_commit":null,"commits":{}}`, `{"pusher":{"name":null}}`, `{"total_commits_count":1e3}`, `{"user_name":"\u0000"}`,
+		`{"repository":{"homepage":null}}`, ` {"ref" : "a" } `, `null`, `[]`, `"x"`, `{"commits":[{"author":{"name":"a","email":7}}]}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		agree(t, body, func() any { return new(githubPush) })
+		agree(t, body, func() any { return new(gitlabPush) })
+		agree(t, body, func() any { return new(giteaPush) })
+	})
+}
+
+func agree(t *testing.T, body []byte, newV func() any) {
+	t.Helper()
+	fast, std := newV(), newV()
+	e := sources.DecodeJSON(body, fast)
+	err := json.Unmarshal(body, std)
+	if (e == nil) != (err == nil) {
+		t.Fatalf("%T of %q: DecodeJSON %v, encoding/json %v", fast, body, e, err)
+	}
+	if e == nil && !reflect.DeepEqual(fast, std) {
+		t.Fatalf("%T of %q:\nDecodeJSON    %+v\nencoding/json %+v", fast, body, fast, std)
+	}
 }
