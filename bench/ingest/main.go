@@ -319,12 +319,13 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 	if st.SchedP50 > 0 {
 		fmt.Printf("scheduler:  the hub's goroutines waited for a core: p50 %s  p99 %s  p99.9 %s (runtime/metrics, whole run)\n", st.SchedP50, st.SchedP99, st.SchedP999)
 	}
-	if g := st.GC.sub(gc0); g.Cycles > 0 && !hubProcess {
-		fmt.Printf("gc:         %d cycles, %s of CPU (%.0f%% of the process's), %s allocated per push\n",
-			g.Cycles, g.CPU.Round(time.Millisecond), 100*g.CPU.Seconds()/cpu.Seconds(), byteSize(g.Alloc/uint64(sent)))
-	} else if st.GC.Cycles > 0 {
+	if hubProcess {
 		fmt.Printf("gc:         hub %d cycles, %s of CPU, %s allocated per push (whole life of the child)\n",
 			st.GC.Cycles, st.GC.CPU.Round(time.Millisecond), byteSize(st.GC.Alloc/uint64(sent)))
+	} else {
+		g := st.GC.sub(gc0)
+		fmt.Printf("gc:         %d cycles, %s of CPU (%.1f%% of the process's), %s allocated per push\n",
+			g.Cycles, g.CPU.Round(time.Millisecond), 100*g.CPU.Seconds()/cpu.Seconds(), byteSize(g.Alloc/uint64(sent)))
 	}
 	fmt.Printf("committed:  %d builds, %d outbox rows, %d queue wake-ups (want %d builds)\n", built, outbox, st.Wakes, wantBuilt)
 	if built != wantBuilt || outbox != wantBuilt {
