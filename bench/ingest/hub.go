@@ -33,6 +33,7 @@ type hubStats struct {
 	Commits        uint64
 	CommitPushes   float64 // sum of pushes per commit
 	CommitSeconds  float64 // sum of commit durations
+	SlowCommits    uint64  // commits that took over 5 ms
 	// The hub's scheduler latency (runtime/metrics), whole life.
 	SchedP50, SchedP99, SchedP999 time.Duration
 	// The hub's garbage collector (runtime/metrics), whole life.
@@ -80,6 +81,7 @@ func (h *local) stats(ctx context.Context) (hubStats, error) {
 	if n, sum, ok := histogram(h.r.reg, "buildbridge_source_commit_pushes"); ok {
 		_, secs, _ := histogram(h.r.reg, "buildbridge_source_commit_seconds")
 		st.Commits, st.CommitPushes, st.CommitSeconds = n, sum, secs
+		st.SlowCommits = over(h.r.reg, "buildbridge_source_commit_seconds", .005)
 	}
 	st.SchedP50, st.SchedP99, st.SchedP999, _ = schedLatency()
 	st.GC = readGCStats()

@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/sources"
@@ -313,8 +314,9 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 			(cpu / time.Duration(sent)).Round(time.Microsecond), cpu.Seconds()/elapsed.Seconds())
 	}
 	if st.Commits > 0 {
-		fmt.Printf("commits:    %d transactions, %.1f pushes each on average, %s each on average\n",
-			st.Commits, st.CommitPushes/float64(st.Commits), time.Duration(st.CommitSeconds/float64(st.Commits)*float64(time.Second)).Round(time.Microsecond))
+		fmt.Printf("commits:    %d transactions, %.1f pushes each on average, %s each on average, %d over 5 ms\n",
+			st.Commits, st.CommitPushes/float64(st.Commits), time.Duration(st.CommitSeconds/float64(st.Commits)*float64(time.Second)).Round(time.Microsecond),
+			st.SlowCommits)
 	}
 	if st.SchedP50 > 0 {
 		fmt.Printf("scheduler:  the hub's goroutines waited for a core: p50 %s  p99 %s  p99.9 %s (runtime/metrics, whole run)\n", st.SchedP50, st.SchedP99, st.SchedP999)
@@ -343,17 +345,33 @@ func cpuTime() time.Duration {
 
 // histogram returns the count and sum of a histogram in reg.
 func histogram(reg *prometheus.Registry, name string) (uint64, float64, bool) {
+	h := findHistogram(reg, name)
+	return h.GetSampleCount(), h.GetSampleSum(), h.GetSampleCount() > 0
+}
+
+// over counts the observations of the histogram name above bound, which
+// must be one of its bucket bounds.
+func over(reg *prometheus.Registry, name string, bound float64) uint64 {
+	h := findHistogram(reg, name)
+	for _, b := range h.GetBucket() {
+		if b.GetUpperBound() == bound {
+			return h.GetSampleCount() - b.GetCumulativeCount()
+		}
+	}
+	return 0
+}
+
+func findHistogram(reg *prometheus.Registry, name string) *dto.Histogram {
 	mfs, err := reg.Gather()
 	if err != nil {
-		return 0, 0, false
+		return nil
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			h := mf.GetMetric()[0].GetHistogram()
-			return h.GetSampleCount(), h.GetSampleSum(), h.GetSampleCount() > 0
+			return mf.GetMetric()[0].GetHistogram()
 		}
 	}
-	return 0, 0, false
+	return nil
 }
 
 // conn is one keep-alive HTTP/1.1 connection of a sender.
