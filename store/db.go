@@ -52,7 +52,7 @@ type Config struct {
 	// commits that stall for milliseconds come with the checkpoints'
 	// fsyncs (none without them), and fewer of them the fewer pages a
 	// checkpoint carries. bench/ingest at 3,000 pushes/s: commits over
-	// 5 ms per 30,000 pushes 31-32 at 100ms, 3-9 at 25ms; p99 10-11 ms
+	// 5 ms per 30,000 pushes 29-35 at 100ms, 3-9 at 25ms; p99 10-13 ms
 	// against 4.6-7 ms; the same CPU per push.
 	CheckpointDelay time.Duration
 	// WebhookCacheTTL is how long a project and its webhook secret, as
