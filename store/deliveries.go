@@ -967,3 +967,36 @@ func (s *DB) MarkSinkEndpointNotified(ctx context.Context, sink, target, eventID
 	}
 	return nil
 }
+
+// PruneSinkDeliveries deletes up to limit finished deliveries (succeeded,
+// failed, …: anything but pending) created before before, oldest first,
+// with their attempts and payloads, and returns how many it deleted. A
+// pending delivery is kept whatever its age, and so is the newest
+// delivery: SQLite would hand its id out again. Ids grow with creation
+// time, so the scan starts at the oldest row and stops at the first one
+// created since before: a prune that finds nothing to do reads one row.
+func (s *DB) PruneSinkDeliveries(ctx context.Context, before time.Time, limit int) (int64, error) {
+	if limit < 1 {
+		return 0, fmt.Errorf("prune deliveries: limit %d", limit)
+	}
+	// The first delivery created since before bounds the deletion; none:
+	// the newest one does (kept).
+	var bound int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT id FROM deliveries WHERE created_at >= ? ORDER BY id LIMIT 1`), ms(before)).Scan(&bound)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM deliveries`).Scan(&bound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("prune deliveries: %w", err)
+	}
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM deliveries WHERE id IN (
+		SELECT id FROM deliveries WHERE id < ? AND status <> ? ORDER BY id LIMIT ?)`), bound, DeliveryPending, limit)
+	if err != nil {
+		return 0, fmt.Errorf("prune deliveries: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("prune deliveries: %w", err)
+	}
+	return n, nil
+}

@@ -480,3 +480,89 @@ func TestDeliveriesLegacyMessageID(t *testing.T) {
 		}
 	})
 }
+
+// TestPruneSinkDeliveries: finished deliveries past the retention go,
+// oldest first, with their attempts and payloads; pending ones and the
+// newest delivery stay whatever their age.
+func TestPruneSinkDeliveries(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		var list []SinkDelivery
+		for i := range 6 {
+			list = append(list, newSinkDelivery(fmt.Sprintf("e%d", i), "hook", "https://a", 1, now))
+		}
+		list[1].Status, list[1].LastError = DeliveryFailed, "endpoint disabled"
+		got, err := s.CreateSinkDeliveries(ctx, list)
+		if err != nil || len(got) != 6 {
+			t.Fatalf("create: %d %v", len(got), err)
+		}
+		id := func(i int) int64 { return got[i].ID }
+		// 0, 3, 4 and 5 succeed; 1 failed; 2 stays pending.
+		var recs []SinkAttemptRecord
+		for _, i := range []int{0, 3, 4, 5} {
+			recs = append(recs, SinkAttemptRecord{Attempt: SinkAttempt{DeliveryID: id(i), Number: 1, Time: now, StatusCode: 200, Outcome: OutcomeSuccess},
+				Status: DeliverySucceeded, Tries: 1})
+		}
+		if _, err := s.RecordSinkAttempts(ctx, "", recs); err != nil {
+			t.Fatal(err)
+		}
+		age := func(days int, idx ...int) {
+			t.Helper()
+			for _, i := range idx {
+				if _, err := s.db.ExecContext(ctx, s.q(`UPDATE deliveries SET created_at = ? WHERE id = ?`), ms(now.AddDate(0, 0, -days)), id(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		prune := func(limit int, want int64) {
+			t.Helper()
+			n, err := s.PruneSinkDeliveries(ctx, now.AddDate(0, 0, -1), limit)
+			if err != nil || n != want {
+				t.Fatalf("prune (limit %d): %d deleted, %v; want %d", limit, n, err, want)
+			}
+		}
+		exists := func(i int) bool {
+			_, err := s.SinkDelivery(ctx, id(i))
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				t.Fatal(err)
+			}
+			return err == nil
+		}
+		age(2, 0, 1, 2, 3)
+		prune(1, 1) // the oldest only
+		if exists(0) || !exists(1) {
+			t.Fatal("limit 1 did not delete exactly the oldest delivery")
+		}
+		if atts, err := s.SinkAttempts(ctx, id(0)); err != nil || len(atts) != 0 {
+			t.Fatalf("attempts of a pruned delivery: %+v %v", atts, err)
+		}
+		var payloads int
+		if err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM delivery_payloads WHERE delivery_id = ?`), id(0)).Scan(&payloads); err != nil || payloads != 0 {
+			t.Fatalf("payload of a pruned delivery: %d %v", payloads, err)
+		}
+		prune(100, 2) // 1 (failed) and 3; 2 is pending, 4 and 5 are recent
+		if exists(1) || !exists(2) || exists(3) || !exists(4) || !exists(5) {
+			t.Fatal("wrong deliveries pruned")
+		}
+		prune(100, 0)
+		// Everything old and finished: the newest delivery stays (SQLite
+		// would give its id to the next one).
+		if _, err := s.RecordSinkAttempts(ctx, "", []SinkAttemptRecord{{Attempt: SinkAttempt{DeliveryID: id(2), Number: 1, Time: now,
+			StatusCode: 410, Outcome: OutcomePermanent}, Status: DeliveryFailed, Tries: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		age(3, 2, 4, 5)
+		prune(100, 2)
+		if exists(2) || exists(4) || !exists(5) {
+			t.Fatal("the newest delivery was pruned, or an old one kept")
+		}
+		next, err := s.CreateSinkDeliveries(ctx, []SinkDelivery{newSinkDelivery("e9", "hook", "https://a", 1, now)})
+		if err != nil || len(next) != 1 || next[0].ID <= id(5) {
+			t.Fatalf("a delivery after the prune: %+v %v, want an id above %d", next, err, id(5))
+		}
+		if _, err := s.PruneSinkDeliveries(ctx, now, 0); err == nil {
+			t.Fatal("limit 0 accepted")
+		}
+	})
+}
