@@ -60,6 +60,7 @@ type Store interface {
 	DisableSinkEndpoint(ctx context.Context, sink, target, reason, eventID string, at time.Time) (bool, int, error)
 	EnableSinkEndpoint(ctx context.Context, sink, target string) error
 	MarkSinkEndpointNotified(ctx context.Context, sink, target, eventID string) error
+	PruneSinkDeliveries(ctx context.Context, before time.Time, limit int) (int64, error)
 }
 
 // Config configures an Engine.
@@ -103,6 +104,12 @@ type Config struct {
 	// when they come due. Endpoint-disabled events not yet emitted are
 	// searched for every minute.
 	ResyncInterval, StaleAfter time.Duration
+	// Retention is how long a finished delivery (succeeded or failed) is
+	// kept, with its attempts and payload, counted from its creation
+	// (default 30 days; negative: forever). Pending deliveries stay
+	// whatever their age. PruneInterval is how often the old ones are
+	// deleted (default 1h; every node does it, which is harmless).
+	Retention, PruneInterval time.Duration
 	// ShutdownGrace is how long Close lets attempts in flight finish
 	// before cancelling them (default 2s). A cancelled attempt is not
 	// logged and is made again after the restart, with the same id.
@@ -162,6 +169,12 @@ func (c *Config) setDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 2 * time.Second
 	}
+	if c.Retention == 0 {
+		c.Retention = 30 * 24 * time.Hour
+	}
+	if c.PruneInterval == 0 {
+		c.PruneInterval = time.Hour
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -189,6 +202,10 @@ func (c *Config) Validate() error {
 		return errors.New("delivery: Config.ResyncInterval, StaleAfter, ShutdownGrace and RecordDelay must not be negative")
 	case c.LeaseTTL < 0 || c.RenewInterval < 0:
 		return errors.New("delivery: Config.LeaseTTL and RenewInterval must not be negative")
+	case c.Retention > 0 && c.Retention < time.Minute:
+		return fmt.Errorf("delivery: Config.Retention must be at least 1m (or negative: forever), got %s", c.Retention)
+	case c.PruneInterval < 0:
+		return errors.New("delivery: Config.PruneInterval must not be negative")
 	case c.RenewInterval >= c.LeaseTTL:
 		return fmt.Errorf("delivery: Config.RenewInterval (%s) must be shorter than LeaseTTL (%s)", c.RenewInterval, c.LeaseTTL)
 	}
@@ -1289,11 +1306,15 @@ func (e *Engine) resync() {
 	defer e.background.Done()
 	tick := time.NewTicker(e.cfg.ResyncInterval)
 	defer tick.Stop()
-	var notified time.Time
+	var notified, pruned time.Time
 	for {
 		if time.Since(notified) >= time.Minute {
 			e.notifyPending(e.bg)
 			notified = time.Now()
+		}
+		if e.cfg.Retention > 0 && time.Since(pruned) >= e.cfg.PruneInterval {
+			e.prune(e.bg)
+			pruned = time.Now()
 		}
 		select {
 		case <-e.bg.Done():
@@ -1307,6 +1328,34 @@ func (e *Engine) resync() {
 		if n > 0 {
 			e.log.Warn("deliveries no node held taken over from the store (a node stopped, or a store write failed)", "count", n)
 		}
+	}
+}
+
+// pruneBatch is how many deliveries one statement of a prune deletes: on
+// SQLite each batch holds the write lock while it runs.
+const pruneBatch = 500
+
+// prune deletes the finished deliveries older than the retention, a
+// batch at a time.
+func (e *Engine) prune(ctx context.Context) {
+	before := e.cfg.Now().Add(-e.cfg.Retention)
+	var total int64
+	for ctx.Err() == nil {
+		n, err := e.cfg.Store.PruneSinkDeliveries(ctx, before, pruneBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Error("pruning old deliveries", "err", err)
+			}
+			break
+		}
+		total += n
+		e.m.pruned.Add(float64(n))
+		if n < pruneBatch {
+			break
+		}
+	}
+	if total > 0 {
+		e.log.Info("old deliveries pruned", "count", total, "created_before", before, "retention", e.cfg.Retention)
 	}
 }
 

@@ -548,3 +548,62 @@ func waitFor(t *testing.T, ok func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestOldDeliveriesArePruned: once past the retention, finished
+// deliveries go from the store with their attempts; a pending one stays.
+func TestOldDeliveriesArePruned(t *testing.T) {
+	ok, bad := newReceiver(t), newReceiver(t)
+	bad.setAnswer(func(int, received) (int, http.Header) { return 503, nil })
+	h := newHarness(t, "", false, []*sinks.Config{sinkConfig(t, "hook", ok.srv.URL, ""), sinkConfig(t, "bad", bad.srv.URL, "")},
+		func(c *delivery.Config) {
+			c.Retention, c.PruneInterval, c.ResyncInterval = time.Minute, 20*time.Millisecond, 20*time.Millisecond
+		})
+	h.start()
+	evs := []event.Envelope{buildEvent(1, 1, builds.Queued), buildEvent(1, 2, builds.Started), buildEvent(1, 3, builds.Finished)}
+	for _, ev := range evs {
+		h.enqueue(to(ev, "hook", ok.srv.URL))
+	}
+	stuck := buildEvent(2, 1, builds.Queued)
+	h.enqueue(to(stuck, "bad", bad.srv.URL))
+	var ids []int64
+	for _, ev := range evs {
+		ids = append(ids, h.waitRow("hook", ev.ID, 5*time.Second, func(d store.SinkDelivery) bool { return d.Status == store.DeliverySucceeded }).ID)
+	}
+	h.waitRow("bad", stuck.ID, 5*time.Second, func(d store.SinkDelivery) bool { return d.Attempts >= 1 })
+	if l, _ := h.store.ListSinkDeliveries(context.Background(), store.SinkDeliveryFilter{Sink: "hook"}); len(l) != 3 {
+		t.Fatalf("pruned within the retention: %d deliveries left", len(l))
+	}
+
+	// Two minutes older, as if time had passed.
+	if _, err := h.store.SQL().Exec(`UPDATE deliveries SET created_at = created_at - 120000`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := h.store.ListSinkDeliveries(context.Background(), store.SinkDeliveryFilter{Sink: "hook"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d deliveries past the retention still stored", len(l))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, id := range ids {
+		if a := h.attempts(id); len(a) != 0 {
+			t.Fatalf("attempts of pruned delivery %d: %+v", id, a)
+		}
+	}
+	if d := h.row("bad", stuck.ID); d.Status != store.DeliveryPending {
+		t.Fatalf("the pending delivery: %+v", d)
+	}
+	if n := h.metric("buildbridge_delivery_pruned_total", nil); n != 3 {
+		t.Fatalf("buildbridge_delivery_pruned_total = %v, want 3", n)
+	}
+	if !strings.Contains(h.logText(), "old deliveries pruned") {
+		t.Fatalf("no log line:\n%s", h.logText())
+	}
+}

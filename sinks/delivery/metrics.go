@@ -16,6 +16,7 @@ type metrics struct {
 	refused    prometheus.Counter
 	lost       prometheus.Counter
 	takenOver  prometheus.Counter
+	pruned     prometheus.Counter
 	latency    *prometheus.HistogramVec
 	pending    *prometheus.Desc
 	retries    *prometheus.Desc
@@ -46,6 +47,8 @@ func newMetrics(e *Engine, reg prometheus.Registerer) (*metrics, error) {
 			Help: "Deliveries left to another node: a lease found lost at renewal, or a claim refused."}),
 		takenOver: prometheus.NewCounter(prometheus.CounterOpts{Name: "buildbridge_delivery_taken_over_total",
 			Help: "Due deliveries that no node held (their node stopped) taken over from the store."}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{Name: "buildbridge_delivery_pruned_total",
+			Help: "Finished deliveries deleted once older than the retention, with their attempts and payloads."}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "buildbridge_delivery_attempt_duration_seconds",
 			Help:    "Duration of delivery attempts.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, st),
@@ -61,7 +64,7 @@ func newMetrics(e *Engine, reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.attempts, m.successes, m.failures, m.dead, m.skipped,
-			m.refused, m.lost, m.takenOver, m.latency, m} {
+			m.refused, m.lost, m.takenOver, m.pruned, m.latency, m} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("delivery metrics: %w", err)
 			}
