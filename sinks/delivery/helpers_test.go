@@ -216,7 +216,7 @@ type harness struct {
 	clock *fakeClock
 	reg   *prometheus.Registry
 	e     *delivery.Engine
-	logs  *bytes.Buffer
+	logs  *lockedWriter
 
 	mu      sync.Mutex
 	emitted []event.Envelope
@@ -233,9 +233,9 @@ func newHarness(t *testing.T, dir string, fake bool, cfgs []*sinks.Config, mod f
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, store: s, reg: prometheus.NewRegistry(), logs: &bytes.Buffer{}}
+	h := &harness{t: t, store: s, reg: prometheus.NewRegistry(), logs: &lockedWriter{w: &bytes.Buffer{}}}
 	cfg := delivery.Config{Store: s, NewSink: newSink, Registerer: h.reg, ShutdownGrace: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: h.logs}, nil)),
+		Logger: slog.New(slog.NewTextHandler(h.logs, nil)),
 		Emit: func(ctx context.Context, ev event.Envelope) error {
 			h.mu.Lock()
 			h.emitted = append(h.emitted, ev)
@@ -280,7 +280,9 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 }
 
 func (h *harness) logText() string {
-	return h.logs.String()
+	h.logs.mu.Lock()
+	defer h.logs.mu.Unlock()
+	return h.logs.w.(*bytes.Buffer).String()
 }
 
 // buildEvent is a build-state-changed event of build id with seq.
