@@ -79,6 +79,8 @@ type DeliveriesConfig struct {
 	// LeaseTTL is how long a node's lease of a delivery lasts unrenewed:
 	// with several nodes, how soon a dead node's deliveries are taken over.
 	LeaseTTL time.Duration `yaml:"lease_ttl" help:"how long a node holds a delivery without renewing its lease (several nodes: a dead node's deliveries go to the others after this)"`
+	// Retention is how long finished deliveries are kept (0: forever).
+	Retention time.Duration `yaml:"retention" help:"how long a finished delivery (succeeded or failed) is kept with its attempts and payload, from its creation; 0 keeps them forever"`
 }
 
 // RealtimeConfig configures the embedded Pusher-protocol server.
@@ -114,7 +116,7 @@ func defaultConfig() Config {
 		LogLevel:         "info",
 		LogFormat:        "text",
 		Realtime:         RealtimeConfig{AppID: "buildbridge", Key: "buildbridge", Cluster: "local", MaxChannels: 10},
-		Deliveries:       DeliveriesConfig{LeaseTTL: 30 * time.Second},
+		Deliveries:       DeliveriesConfig{LeaseTTL: 30 * time.Second, Retention: 30 * 24 * time.Hour},
 		Usage: UsageConfig{RateLimit: 600, RateWindow: time.Minute, FlushInterval: 5 * time.Second,
 			APIUsageInterval: 5 * time.Second, SystemInterval: 5 * time.Second},
 	}
@@ -158,6 +160,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Deliveries.LeaseTTL < time.Second || c.Deliveries.LeaseTTL > 10*time.Minute {
 		bad("deliveries.lease_ttl", "must be between 1s and 10m, got %s", c.Deliveries.LeaseTTL)
+	}
+	if c.Deliveries.Retention != 0 && c.Deliveries.Retention < time.Hour {
+		bad("deliveries.retention", "must be at least 1h, or 0 to keep deliveries forever, got %s", c.Deliveries.Retention)
 	}
 	if c.OnRestart != "error" && c.OnRestart != "requeue" {
 		bad("on_restart", "must be \"error\" or \"requeue\", got %q", c.OnRestart)

@@ -48,6 +48,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{file: "adress: x\n", want: "field adress not found"},
 		{args: []string{"--config", "missing.yaml"}, want: "config file"},
 		{args: []string{"--base-url", "ftp://x"}, want: "setting base_url"},
+		{file: "deliveries:\n  retention: 10m\n", want: "setting deliveries.retention"},
 	}
 	for _, c := range cases {
 		dir := t.TempDir()

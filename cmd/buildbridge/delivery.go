@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -57,7 +58,7 @@ func mountDeliveries(ctx context.Context, h *hub) error {
 	h.emit = d.emit
 	d.engine, err = delivery.New(delivery.Config{
 		Store: h.store, Emit: d.emit, Logger: h.log, Registerer: h.reg,
-		NodeID: h.node, LeaseTTL: h.cfg.Deliveries.LeaseTTL,
+		NodeID: h.node, LeaseTTL: h.cfg.Deliveries.LeaseTTL, Retention: retention(h.cfg.Deliveries.Retention),
 		NewSink: func(c *sinks.Config) (sinks.Sink, error) {
 			if c.Type == webhook.Type.Name {
 				return webhook.NewSink(c, webhook.Options{Allow: allow, UserAgent: "buildbridge-webhook/" + version, Secrets: secrets})
@@ -209,4 +210,13 @@ func (d *deliveries) reloadHandler(c *gin.Context) {
 		resp["sink_errors"] = err.Error()
 	}
 	c.JSON(http.StatusOK, resp)
+}
+
+// retention maps the setting (0: forever) to delivery.Config's (negative:
+// forever).
+func retention(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
