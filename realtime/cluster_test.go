@@ -328,8 +328,10 @@ func TestClusterSilentNodeDroppedAndBack(t *testing.T) {
 	lb.cut.Store(true)
 	start := time.Now()
 	expectMember(t, alice, "pusher_internal:member_removed", "bob", "")
-	if took := time.Since(start); took < testCluster.NodeTimeout-testCluster.HeartbeatInterval {
-		t.Fatalf("bob removed after %v, before NodeTimeout %v", took, testCluster.NodeTimeout)
+	// Counted from the last heartbeat A handled, which under load can be
+	// well before the cut: the bound only shows bob was not dropped at once.
+	if took := time.Since(start); took < testCluster.NodeTimeout/2 {
+		t.Fatalf("bob removed after %v, long before NodeTimeout %v", took, testCluster.NodeTimeout)
 	}
 	// B, which hears nothing either, drops A too.
 	expectMember(t, bob, "pusher_internal:member_removed", "alice", "")
