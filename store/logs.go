@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // AppendLog appends a chunk to a build's log and returns the log's new
@@ -122,4 +123,34 @@ func (s *DB) ArtifactByPath(ctx context.Context, buildID int64, path string) (Ar
 		return a, fmt.Errorf("artifact %q of build %d: %w", path, buildID, ErrNotFound)
 	}
 	return a, err
+}
+
+// BuildsWithArtifactsFinishedBefore returns up to limit builds, oldest
+// first, that finished before before and still have artifact records.
+func (s *DB) BuildsWithArtifactsFinishedBefore(ctx context.Context, before time.Time, limit int) ([]int64, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT DISTINCT a.build_id FROM artifacts a JOIN builds b ON b.id = a.build_id
+		WHERE b.finished_at < ? ORDER BY a.build_id LIMIT ?`), ms(before), limit)
+	if err != nil {
+		return nil, fmt.Errorf("builds with old artifacts: %w", err)
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("builds with old artifacts: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// DeleteArtifacts deletes a build's artifact records (not the files) and
+// returns how many there were.
+func (s *DB) DeleteArtifacts(ctx context.Context, buildID int64) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM artifacts WHERE build_id = ?`), buildID)
+	if err != nil {
+		return 0, fmt.Errorf("delete artifacts of build %d: %w", buildID, err)
+	}
+	return res.RowsAffected()
 }

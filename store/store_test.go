@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -353,4 +354,49 @@ func TestReopenKeepsData(t *testing.T) {
 	if list, _ := s.ListBuilds(ctx, BuildFilter{}); len(list) != 1 {
 		t.Fatalf("after reopen: %d builds", len(list))
 	}
+}
+
+func TestBuildsWithArtifactsFinishedBefore(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *DB) {
+		ctx := context.Background()
+		_, p := mkProject(t, s, "app")
+		now := time.Now()
+		var ids []int64
+		for i := range 4 {
+			b, err := s.CreateBuild(ctx, NewBuild{ProjectID: p.ID, Ref: "refs/heads/main", Branch: "main", SHA: fmt.Sprint(i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, b.ID)
+		}
+		// 0: finished two days ago, artifacts; 1: finished now, artifacts;
+		// 2: not finished, artifacts; 3: finished two days ago, none.
+		finished := map[int]time.Time{0: now.AddDate(0, 0, -2), 1: now, 3: now.AddDate(0, 0, -2)}
+		for i, at := range finished {
+			if _, err := s.db.ExecContext(ctx, s.q(`UPDATE builds SET finished_at = ? WHERE id = ?`), ms(at), ids[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, i := range []int{0, 1, 2} {
+			if err := s.AddArtifacts(ctx, ids[i], []Artifact{{Path: "a.txt", Size: 1, SHA256: "x"}, {Path: "b.txt", Size: 1, SHA256: "y"}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		old, err := s.BuildsWithArtifactsFinishedBefore(ctx, now.AddDate(0, 0, -1), 10)
+		if err != nil || len(old) != 1 || old[0] != ids[0] {
+			t.Fatalf("old builds with artifacts: %v %v, want [%d]", old, err, ids[0])
+		}
+		if n, err := s.DeleteArtifacts(ctx, ids[0]); err != nil || n != 2 {
+			t.Fatalf("delete: %d %v", n, err)
+		}
+		if l, _ := s.Artifacts(ctx, ids[0]); len(l) != 0 {
+			t.Fatalf("artifacts left: %+v", l)
+		}
+		if l, _ := s.Artifacts(ctx, ids[1]); len(l) != 2 {
+			t.Fatalf("a recent build's artifacts: %+v", l)
+		}
+		if old, err := s.BuildsWithArtifactsFinishedBefore(ctx, now.AddDate(0, 0, -1), 10); err != nil || len(old) != 0 {
+			t.Fatalf("after the delete: %v %v", old, err)
+		}
+	})
 }

@@ -45,8 +45,11 @@ type Config struct {
 	MaxLogBytes      int64         `yaml:"max_log_bytes" help:"per-build log cap (head and tail are kept)"`
 	MaxArtifactBytes int64         `yaml:"max_artifact_bytes" help:"per-build artifact size cap"`
 	ArtifactsDir     string        `yaml:"artifacts_dir" help:"where build artifacts are kept (default DATA/artifacts; several nodes: one directory they all mount)"`
-	DefaultTimeout   time.Duration `yaml:"default_timeout" help:"build timeout when the project sets none"`
-	MaxBodyBytes     int64         `yaml:"max_body_bytes" help:"largest accepted API request body"`
+	// ArtifactRetention deletes a build's artifacts this long after it
+	// finished (0: kept forever).
+	ArtifactRetention time.Duration `yaml:"artifact_retention" help:"delete a build's artifacts (files and records) this long after it finished; 0 keeps them forever"`
+	DefaultTimeout    time.Duration `yaml:"default_timeout" help:"build timeout when the project sets none"`
+	MaxBodyBytes      int64         `yaml:"max_body_bytes" help:"largest accepted API request body"`
 
 	LogLevel  string `yaml:"log_level" help:"debug, info, warn or error"`
 	LogFormat string `yaml:"log_format" help:"json or text"`
@@ -175,6 +178,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxArtifactBytes < 0 {
 		bad("max_artifact_bytes", "must not be negative")
+	}
+	if c.ArtifactRetention != 0 && c.ArtifactRetention < time.Minute {
+		bad("artifact_retention", "must be at least 1m, or 0 to keep artifacts forever, got %s", c.ArtifactRetention)
 	}
 	if c.DefaultTimeout <= 0 {
 		bad("default_timeout", "must be positive")

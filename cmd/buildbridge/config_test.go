@@ -49,6 +49,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{args: []string{"--config", "missing.yaml"}, want: "config file"},
 		{args: []string{"--base-url", "ftp://x"}, want: "setting base_url"},
 		{file: "deliveries:\n  retention: 10m\n", want: "setting deliveries.retention"},
+		{args: []string{"--artifact-retention", "10s"}, want: "setting artifact_retention"},
 	}
 	for _, c := range cases {
 		dir := t.TempDir()

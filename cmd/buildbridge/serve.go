@@ -313,6 +313,9 @@ func (h *hub) run(ctx context.Context, out io.Writer) error {
 	}
 	goRun("relay", h.relay.Run)
 	goRun("bridge", h.br.Run)
+	if h.cfg.ArtifactRetention > 0 {
+		goRun("artifact retention", h.pruneArtifacts)
+	}
 	qctx, stopQueue := context.WithCancel(context.Background())
 	qdone := make(chan struct{})
 	go func() { defer close(qdone); h.queue.Run(qctx) }()
