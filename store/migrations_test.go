@@ -16,15 +16,11 @@ import (
 func TestMigration15KeepsSequences(t *testing.T) {
 	eachStore(t, func(t *testing.T, s *DB) {
 		ctx := context.Background()
-		u, err := s.CreateUser(ctx, "ann", false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := s.CreateProject(ctx, builds.Project{Name: "app", OwnerID: u.ID, Repo: "/r", DefaultBranch: "main"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var last builds.Build
+		_, p := mkProject(t, s, "app")
+		var (
+			last builds.Build
+			err  error
+		)
 		for range 3 {
 			if last, err = s.CreateBuild(ctx, NewBuild{ProjectID: p.ID, Ref: "refs/heads/main", Branch: "main", SHA: "abc"}); err != nil {
 				t.Fatal(err)

@@ -25,14 +25,7 @@ func TestProjectWebhookCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		u, err := s.CreateUser(ctx, "ann", false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := s.CreateProject(ctx, builds.Project{Name: "app", OwnerID: u.ID, Repo: "/r", DefaultBranch: "main"})
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, p := mkProject(t, s, "app")
 		return s, p
 	}
 	secretOf := func(t *testing.T, s *DB) string {
