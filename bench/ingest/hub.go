@@ -1,17 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"time"
+
+	"github.com/buildbridge/buildbridge/bench/internal/childproc"
 )
 
 // hub is the side under test: the rig behind a loopback HTTP server, in
@@ -88,22 +87,21 @@ func (h *local) stats(ctx context.Context) (hubStats, error) {
 	return st, nil
 }
 
-// hubHello is the child's first line on stdout; the parent asks for
-// stats with a line on stdin and reads them as the next line.
+// hubHello is the child's ready line; the parent then sends {"op":"cpu"}
+// or {"op":"stats"} and reads a hubReply.
 type hubHello struct {
 	Addr, Secret string
 }
 
-// hubReply answers a line on the child's stdin: its CPU time, and its
-// stats if the line was "stats".
+// hubReply answers a command: the child's CPU time, and its stats for
+// "stats".
 type hubReply struct {
 	CPU   time.Duration
 	Stats *hubStats
 }
 
 // serveHub is the child process of -hub-process: it runs the hub and
-// answers each line on stdin with its stats and CPU time, until stdin
-// closes.
+// answers commands until its stdin closes.
 func serveHub(dir string, checkpointDelay time.Duration) error {
 	ctx := context.Background()
 	h, err := startHubHere(ctx, dir, checkpointDelay)
@@ -111,102 +109,61 @@ func serveHub(dir string, checkpointDelay time.Duration) error {
 		return err
 	}
 	defer h.close()
-	out := json.NewEncoder(os.Stdout)
-	if err := out.Encode(hubHello{Addr: h.addr(), Secret: h.secret()}); err != nil {
-		return err
-	}
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
+	return childproc.Serve(hubHello{Addr: h.addr(), Secret: h.secret()}, func(op string, _ json.RawMessage) (any, error) {
 		reply := hubReply{CPU: cpuTime()}
-		if in.Text() == "stats" {
+		if op == "stats" {
 			st, err := h.stats(ctx)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			reply.Stats = &st
 		}
-		if err := out.Encode(reply); err != nil {
-			return err
-		}
-	}
-	return in.Err()
+		return reply, nil
+	})
 }
 
 // child is the hub in a child process.
 type child struct {
-	cmd   *exec.Cmd
-	in    io.WriteCloser
-	out   *json.Decoder
+	p     *childproc.Child
 	hello hubHello
 }
 
-func startHubProcess(dir string, checkpointDelay time.Duration) (*child, error) {
-	exe, err := os.Executable()
+func startHubProcess(ctx context.Context, dir string, checkpointDelay time.Duration) (*child, error) {
+	c := &child{}
+	p, err := childproc.Start(ctx, "hub", &c.hello, "-dir", dir, "-checkpoint-delay", checkpointDelay.String())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the hub process: %w", err)
 	}
-	cmd := exec.Command(exe, "-role", "hub", "-dir", dir, "-checkpoint-delay", checkpointDelay.String())
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	outPipe, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start the hub process: %w", err)
-	}
-	c := &child{cmd: cmd, in: in, out: json.NewDecoder(outPipe)}
-	if err := c.out.Decode(&c.hello); err != nil {
-		c.close()
-		return nil, fmt.Errorf("the hub process did not start: %w", err)
-	}
+	c.p = p
 	return c, nil
 }
 
 func (c *child) addr() string   { return c.hello.Addr }
 func (c *child) secret() string { return c.hello.Secret }
 
-func (c *child) ask(what string) (time.Duration, *hubStats, error) {
-	if _, err := fmt.Fprintln(c.in, what); err != nil {
-		return 0, nil, err
-	}
+func (c *child) ask(op string) (hubReply, error) {
 	var reply hubReply
-	if err := c.out.Decode(&reply); err != nil {
-		return 0, nil, fmt.Errorf("the hub process: %w", err)
-	}
-	return reply.CPU, reply.Stats, nil
+	err := c.p.Call(map[string]string{"op": op}, &reply)
+	return reply, err
 }
 
 func (c *child) cpu() time.Duration {
-	d, _, err := c.ask("cpu")
+	r, err := c.ask("cpu")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ingest:", err)
 	}
-	return d
+	return r.CPU
 }
 
-func (c *child) stats(ctx context.Context) (hubStats, error) {
-	_, st, err := c.ask("stats")
+func (c *child) stats(context.Context) (hubStats, error) {
+	r, err := c.ask("stats")
 	if err != nil {
 		return hubStats{}, err
 	}
-	if st == nil {
+	if r.Stats == nil {
 		return hubStats{}, errors.New("the hub process sent no stats")
 	}
-	return *st, nil
+	return *r.Stats, nil
 }
 
-func (c *child) close() {
-	c.in.Close()
-	done := make(chan struct{})
-	go func() { c.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		c.cmd.Process.Kill()
-		<-done
-	}
-}
+func (c *child) close() { c.p.Stop() }

@@ -165,7 +165,7 @@ func run(n, conc int, rate float64, replays int, dir string, maxTime, checkpoint
 	var h hub
 	var err error
 	if hubProcess {
-		h, err = startHubProcess(dir, checkpointDelay)
+		h, err = startHubProcess(ctx, dir, checkpointDelay)
 	} else {
 		h, err = startHubHere(ctx, dir, checkpointDelay)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/buildbridge/buildbridge/bench/internal/childproc"
 	"github.com/buildbridge/buildbridge/realtime"
 	"github.com/buildbridge/buildbridge/realtime/natsbroker"
 )
@@ -99,7 +100,7 @@ func runNode() error {
 		srv.Shutdown(ctx)
 		hs.Close()
 	}()
-	return serveCommands(nodeReady{Addr: ln.Addr().String(), PID: os.Getpid()}, func(op string, raw json.RawMessage) (any, error) {
+	return childproc.Serve(nodeReady{Addr: ln.Addr().String(), PID: os.Getpid()}, func(op string, raw json.RawMessage) (any, error) {
 		switch op {
 		case "stats":
 			var c statsCmd
@@ -175,7 +176,7 @@ func runPublisher() error {
 	if err != nil {
 		return err
 	}
-	return serveCommands(nodeReady{PID: os.Getpid()}, func(op string, raw json.RawMessage) (any, error) {
+	return childproc.Serve(nodeReady{PID: os.Getpid()}, func(op string, raw json.RawMessage) (any, error) {
 		if op != "publish" {
 			return nil, fmt.Errorf("unknown op %q", op)
 		}

@@ -14,22 +14,23 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/buildbridge/buildbridge/bench/internal/childproc"
 	"github.com/buildbridge/buildbridge/realtime"
 )
 
 // cluster is one run's hub nodes and publisher.
 type cluster struct {
-	nodes []*child
+	nodes []*childproc.Child
 	addrs []string
-	pub   *child
+	pub   *childproc.Child
 }
 
 func (c *cluster) stop() {
 	for _, n := range c.nodes {
-		n.stop()
+		n.Stop()
 	}
 	if c.pub != nil {
-		c.pub.stop()
+		c.pub.Stop()
 	}
 }
 
@@ -38,7 +39,7 @@ func (c *cluster) stats(gc, view bool) ([]nodeStats, error) {
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.nodes))
 	for i, n := range c.nodes {
-		wg.Go(func() { errs[i] = n.call(statsCmd{Op: "stats", GC: gc, View: view}, &out[i]) })
+		wg.Go(func() { errs[i] = n.Call(statsCmd{Op: "stats", GC: gc, View: view}, &out[i]) })
 	}
 	wg.Wait()
 	return out, errors.Join(errs...)
@@ -50,7 +51,7 @@ func startCluster(ctx context.Context, natsURL string, k int, prefix string) (*c
 	c := &cluster{}
 	for range k {
 		var r nodeReady
-		n, err := startChild(ctx, "node", &r, "-nats", natsURL, "-prefix", prefix)
+		n, err := childproc.Start(ctx, "node", &r, "-nats", natsURL, "-prefix", prefix)
 		if err != nil {
 			c.stop()
 			return nil, err
@@ -58,7 +59,7 @@ func startCluster(ctx context.Context, natsURL string, k int, prefix string) (*c
 		c.nodes, c.addrs = append(c.nodes, n), append(c.addrs, r.Addr)
 	}
 	var r nodeReady
-	p, err := startChild(ctx, "publish", &r, "-nats", natsURL, "-prefix", prefix)
+	p, err := childproc.Start(ctx, "publish", &r, "-nats", natsURL, "-prefix", prefix)
 	if err != nil {
 		c.stop()
 		return nil, err
@@ -76,7 +77,7 @@ type subscriber struct {
 // dialSubscriber connects to a node, binds the socket to user (as the
 // channel auth endpoint does), subscribes to private-user-<user> and
 // counts the build-state-changed events it receives until ctx ends.
-func dialSubscriber(ctx context.Context, node *child, addr, user string, wg *sync.WaitGroup) (*subscriber, error) {
+func dialSubscriber(ctx context.Context, node *childproc.Child, addr, user string, wg *sync.WaitGroup) (*subscriber, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ws, _, err := websocket.Dial(dctx, "ws://"+addr+"/app/"+appKey+"?protocol=7&client=bench", nil)
@@ -104,7 +105,7 @@ func dialSubscriber(ctx context.Context, node *child, addr, user string, wg *syn
 	if err := json.Unmarshal([]byte(m.Data), &est); err != nil {
 		return fail(err)
 	}
-	if err := node.call(bindCmd{Op: "bind", Binds: [][2]string{{est.SocketID, user}}}, nil); err != nil {
+	if err := node.Call(bindCmd{Op: "bind", Binds: [][2]string{{est.SocketID, user}}}, nil); err != nil {
 		return fail(err)
 	}
 	ch := "private-user-" + user
@@ -308,7 +309,7 @@ func realtimeOnce(ctx context.Context, o options, k, natsPID int) (realtimeRun, 
 	nats0, _ := procCPU(natsPID)
 	t0 = time.Now()
 	var pr publishResult
-	if err := c.pub.call(publishCmd{Op: "publish", Channels: targets, Rate: o.rate, Duration: o.duration, Payload: o.payload}, &pr); err != nil {
+	if err := c.pub.Call(publishCmd{Op: "publish", Channels: targets, Rate: o.rate, Duration: o.duration, Payload: o.payload}, &pr); err != nil {
 		return r, err
 	}
 	// Let the nodes and subscribers drain.

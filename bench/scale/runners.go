@@ -20,6 +20,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver
 
+	"github.com/buildbridge/buildbridge/bench/internal/childproc"
 	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/builds/remote"
 	"github.com/buildbridge/buildbridge/event"
@@ -193,12 +194,12 @@ func runRunners(ctx context.Context, o options) error {
 		return err
 	}
 	var ready nodeReady
-	sim, err := startChild(ctx, "runners", &ready, "-hub", "http://"+ln.Addr().String()+"/runner/v1")
+	sim, err := childproc.Start(ctx, "runners", &ready, "-hub", "http://"+ln.Addr().String()+"/runner/v1")
 	if err != nil {
 		return err
 	}
-	defer sim.stop()
-	if err := sim.call(simCmd{Op: "tokens", Tokens: tokens}, nil); err != nil {
+	defer sim.Stop()
+	if err := sim.Call(simCmd{Op: "tokens", Tokens: tokens}, nil); err != nil {
 		return err
 	}
 	fmt.Printf("schema %s: %d runners, %d queued builds (load %s)\n", sc.name, maxR, maxR, loadAvg())
@@ -211,7 +212,7 @@ func runRunners(ctx context.Context, o options) error {
 		}
 		q0, h0, t0 := s.Queries(), selfCPU(), time.Now()
 		if cmd != nil {
-			if err := sim.call(cmd, &pc.sim); err != nil {
+			if err := sim.Call(cmd, &pc.sim); err != nil {
 				return pc, err
 			}
 		} else {

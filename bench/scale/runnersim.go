@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/buildbridge/buildbridge/bench/internal/childproc"
 	"github.com/buildbridge/buildbridge/builds"
 	"github.com/buildbridge/buildbridge/builds/remote"
 )
@@ -78,7 +79,7 @@ func runRunnerSim() error {
 		return resp.StatusCode, nil
 	}
 	finish, _ := json.Marshal(remote.Finish{Result: builds.Passed})
-	return serveCommands(nodeReady{PID: os.Getpid()}, func(op string, raw json.RawMessage) (any, error) {
+	return childproc.Serve(nodeReady{PID: os.Getpid()}, func(op string, raw json.RawMessage) (any, error) {
 		var c simCmd
 		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, err

@@ -83,7 +83,7 @@ func runView(ctx context.Context, o options) error {
 	probe := "private-user-" + strconv.Itoa(o.remote-1)
 	stats := func(gc bool) (nodeStats, error) {
 		var s nodeStats
-		err := node.call(statsCmd{Op: "stats", GC: gc, Probe: probe}, &s)
+		err := node.Call(statsCmd{Op: "stats", GC: gc, Probe: probe}, &s)
 		return s, err
 	}
 	// send publishes counts setting every subscription to n, paced, and
@@ -142,7 +142,7 @@ func runView(ctx context.Context, o options) error {
 		return err
 	}
 	var in nodeStats
-	if err := node.call(statsCmd{Op: "stats", View: true}, &in); err != nil {
+	if err := node.Call(statsCmd{Op: "stats", View: true}, &in); err != nil {
 		return err
 	}
 	// The view count's own work is not counted: it is read after.
