@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
 	"sync"
@@ -159,9 +158,9 @@ func runRawWorker(cfg workerConfig, newLoop func(fr frameReader) (rawLoop, error
 			err = e
 		}
 	}
-	stopProf := func() {}
+	var cpu time.Duration
 	if err == nil {
-		stopProf, err = startCPUProfile(cfg.CPUProfile)
+		cpu, err = measureUntilDone(cfg.CPUProfile)
 	}
 	if err != nil {
 		stop.Store(true)
@@ -169,11 +168,6 @@ func runRawWorker(cfg workerConfig, newLoop func(fr frameReader) (rawLoop, error
 		closeLoops()
 		return err
 	}
-	fmt.Println("READY")
-	cpu0 := cpuTime()
-	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
-	cpu := cpuTime() - cpu0
-	stopProf()
 	stop.Store(true)
 	wg.Wait()
 

@@ -95,16 +95,11 @@ func runWorker(cfg workerConfig) error {
 			return err
 		}
 	}
-	stopProf, err := startCPUProfile(cfg.CPUProfile)
+	cpu, err := measureUntilDone(cfg.CPUProfile)
 	if err != nil {
 		cancel()
 		return err
 	}
-	fmt.Println("READY")
-	cpu0 := cpuTime()
-	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
-	cpu := cpuTime() - cpu0
-	stopProf()
 	cancel()
 	for _, ws := range conns {
 		_ = ws.Close()
@@ -251,6 +246,21 @@ func readLine(r *bufio.Reader) (string, error) {
 
 // startCPUProfile starts a CPU profile to path, if set; the returned
 // function stops it.
+// measureUntilDone tells the parent the worker is ready ("READY" on
+// stdout), waits for it to close stdin (publishing is over) and returns
+// the worker's CPU time meanwhile, profiled into profile when set.
+func measureUntilDone(profile string) (time.Duration, error) {
+	stopProf, err := startCPUProfile(profile)
+	if err != nil {
+		return 0, err
+	}
+	defer stopProf()
+	fmt.Println("READY")
+	cpu0 := cpuTime()
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return cpuTime() - cpu0, nil
+}
+
 func startCPUProfile(path string) (func(), error) {
 	if path == "" {
 		return func() {}, nil
